@@ -1,0 +1,135 @@
+"""Checkpoint directories: written atomically, versioned, loaded without unpickling.
+
+Layout of one checkpoint (a directory):
+    meta.json           format version, model config, tokenizer, step and other plain data
+    model.safetensors   weights (the tied head is stored once, as transformer.wte.weight)
+    tokenizer.json      only for trained byte-level BPE tokenizers, so a checkpoint is self-contained
+
+The directory is assembled under a temporary name and renamed into place, so a
+killed process never leaves a directory that looks like a valid checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from gpt2repro.model import GPT, GPTConfig
+from gpt2repro.tokenizer import Tokenizer, load_tokenizer
+
+FORMAT_VERSION = 1
+META = "meta.json"
+WEIGHTS = "model.safetensors"
+TIED_KEY = "lm_head.weight"  # shares storage with transformer.wte.weight
+
+
+def unwrap(model: torch.nn.Module) -> GPT:
+    """The plain GPT inside torch.compile / DDP wrappers."""
+    while not isinstance(model, GPT):
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        assert inner is not None, f"cannot find a GPT inside {type(model).__name__}"
+        model = inner
+    return model
+
+
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Weights keyed by Hugging Face-style names, without the tied duplicate."""
+    sd = unwrap(model).state_dict()
+    return {k: v.detach().contiguous() for k, v in sd.items() if k != TIED_KEY}
+
+
+def is_checkpoint(path: Path) -> bool:
+    return (path / META).is_file() and (path / WEIGHTS).is_file()
+
+
+def save_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    meta: dict[str, Any] | None = None,
+    extra_files: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint directory at `path` atomically; returns `path`.
+
+    `extra_files` maps file names to callables `fn(path)` that write further files
+    (optimizer state, loader state) into the directory before it is published.
+    """
+    gpt = unwrap(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        save_file(model_state(gpt), str(tmp / WEIGHTS))
+        tok_spec = tokenizer.spec
+        if tok_spec != "gpt2":
+            shutil.copyfile(tok_spec, tmp / "tokenizer.json")
+            tok_spec = "tokenizer.json"
+        for name, write in (extra_files or {}).items():
+            write(tmp / name)
+        full_meta = {
+            "format_version": FORMAT_VERSION,
+            "model_config": asdict(gpt.config),
+            "tokenizer": tok_spec,
+            "tokenizer_identifier": tokenizer.identifier,
+            **(meta or {}),
+        }
+        # meta.json last: its presence is what marks the directory complete.
+        (tmp / META).write_text(json.dumps(full_meta, indent=2))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """The checkpoint's meta.json, validated; errors name the path and what to do."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint directory.")
+    if not is_checkpoint(path):
+        raise ValueError(
+            f"{path}: not a gpt2repro checkpoint (needs {META} and {WEIGHTS}). "
+            f"Pass a checkpoint directory written by `gpt2repro train`."
+        )
+    meta: dict[str, Any] = json.loads((path / META).read_text())
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: checkpoint format version {version}, this gpt2repro reads {FORMAT_VERSION}. "
+            f"Use the gpt2repro version that wrote it, or re-export it."
+        )
+    return meta
+
+
+def checkpoint_tokenizer(path: Path, meta: dict[str, Any]) -> Tokenizer:
+    spec = meta["tokenizer"]
+    return load_tokenizer(spec if spec == "gpt2" else str(path / spec))
+
+
+def load_model(
+    path: Path, device: str | torch.device = "cpu"
+) -> tuple[GPT, Tokenizer, dict[str, Any]]:
+    """The model, tokenizer and meta data stored in checkpoint directory `path`."""
+    meta = read_meta(path)
+    config = GPTConfig(**meta["model_config"])
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device=device)
+    state = load_file(str(path / WEIGHTS), device=str(device))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - {TIED_KEY}:
+        raise ValueError(
+            f"{path / WEIGHTS}: weights do not fit the stored config "
+            f"(missing {sorted(set(missing) - {TIED_KEY})}, unexpected {sorted(unexpected)})."
+        )
+    model.lm_head.weight = model.transformer.wte.weight  # to_empty() broke the tie
+    return model, checkpoint_tokenizer(path, meta), meta

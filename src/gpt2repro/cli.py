@@ -1,0 +1,211 @@
+"""The `gpt2repro` command: subcommands mapped to plain library functions.
+
+This is the only module that exits. Each subcommand's arguments are a typed dataclass
+parsed by tyro (field docstrings become --help); mistakes a user can make surface as
+ValueError / FileNotFoundError from the library and are printed here as one paragraph,
+with a non-zero exit and no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import tyro
+
+
+
+@dataclass
+class SampleArgs:
+    """Generate text from a checkpoint, an exported or hub GPT-2, or a fresh model."""
+
+    model: Annotated[str, tyro.conf.Positional] = "init:tiny"
+    """Checkpoint directory, Hugging Face directory, hub id (gpt2, gpt2-medium, ...) or init:PRESET."""
+    prompt: str = ""
+    """Text to continue (empty: start from the end-of-text token)."""
+    prompt_file: Path | None = None
+    """Read the prompt from this file instead of --prompt."""
+    num_samples: int = 1
+    """How many independent samples to draw."""
+    max_new_tokens: int = 100
+    """Tokens to generate per sample."""
+    temperature: float = 0.8
+    """Softmax temperature; 0 = greedy."""
+    top_k: int | None = 200
+    """Keep only the k most likely tokens (None: off)."""
+    top_p: float | None = None
+    """Nucleus sampling threshold in (0, 1] (None: off)."""
+    seed: int = 1337
+    """Random seed; the same seed gives the same text."""
+    tokenizer: str | None = None
+    """Override the model's tokenizer: gpt2 or a tokenizer .json file."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    no_cache: bool = False
+    """Recompute the whole context each step instead of using the KV cache (slow; for checking)."""
+
+
+@dataclass
+class ExportArgs:
+    """Write a model as a Hugging Face GPT-2 directory (config.json + model.safetensors)."""
+
+    model: Annotated[str, tyro.conf.Positional]
+    """Checkpoint directory, Hugging Face directory, hub id or init:PRESET."""
+    out_dir: Annotated[Path, tyro.conf.Positional]
+    """Directory to create; transformers.GPT2LMHeadModel.from_pretrained(out_dir) loads it."""
+    seed: int = 1337
+    """Seed for init:PRESET models."""
+
+
+@dataclass
+class TokenizerTrainArgs:
+    """Train a byte-level BPE tokenizer on text files and save it as one .json file."""
+
+    files: Annotated[tuple[Path, ...], tyro.conf.Positional]
+    """Text files to learn the merges from."""
+    vocab_size: int = 50257
+    """Size of the vocabulary, including <|endoftext|>."""
+    out: Path = Path("tokenizer.json")
+    """Where to write the tokenizer."""
+
+
+@dataclass
+class TokenizerEncodeArgs:
+    """Print the token ids of a text (handy for checking a tokenizer)."""
+
+    text: Annotated[str, tyro.conf.Positional]
+    """Text to encode."""
+    tokenizer: str = "gpt2"
+    """gpt2 or a tokenizer .json file."""
+    allow_special: bool = False
+    """Treat <|endoftext|> as the special token instead of plain text."""
+
+
+@dataclass
+class BenchSampleArgs:
+    """Tokens/s of generation with and without the KV cache, as a ratio."""
+
+    model: str = "init:gpt2_124m"
+    """Model source, as for `gpt2repro sample`."""
+    new_tokens: int = 512
+    """Tokens generated per measurement."""
+    prompt_tokens: int = 16
+    """Length of the random prompt."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    out: Path | None = None
+    """Also write the result as JSON here."""
+
+
+def run_sample(args: SampleArgs) -> None:
+    import torch
+
+    from gpt2repro.loading import load_source
+    from gpt2repro.runtime import resolve_device, seed_everything
+    from gpt2repro.sampling import SamplingConfig, generate
+
+    cfg = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    if args.num_samples < 1:
+        raise ValueError(f"--num-samples {args.num_samples} must be at least 1.")
+    device = resolve_device(args.device)
+    seed_everything(args.seed)
+    loaded = load_source(args.model, device, args.tokenizer)
+    tok = loaded.tokenizer
+    text = args.prompt
+    if args.prompt_file is not None:
+        if not args.prompt_file.is_file():
+            raise FileNotFoundError(f"--prompt-file {args.prompt_file}: no such file.")
+        text = args.prompt_file.read_text(encoding="utf-8")
+    ids = tok.encode(text) if text else [tok.eot_id]
+    prompt = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=device)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    out = generate(loaded.model, prompt, cfg, generator=gen, use_cache=not args.no_cache)
+    for i, row in enumerate(out.tolist()):
+        new = row[len(ids) :]
+        if tok.eot_id in new:
+            new = new[: new.index(tok.eot_id)]
+        print(f"--- sample {i + 1}/{args.num_samples} ---")
+        print(text + tok.decode(new))
+
+
+def run_export(args: ExportArgs) -> None:
+    from gpt2repro.loading import load_source
+    from gpt2repro.pretrained import export_hf
+    from gpt2repro.runtime import seed_everything
+
+    seed_everything(args.seed)
+    loaded = load_source(args.model)
+    path = export_hf(loaded.model, args.out_dir, tokenizer_spec=loaded.tokenizer.spec)
+    print(f"Exported {args.model} to {path} (load with GPT2LMHeadModel.from_pretrained).")
+
+
+def run_tokenizer_train(args: TokenizerTrainArgs) -> None:
+    from gpt2repro.tokenizer import train_bpe
+
+    tok = train_bpe(list(args.files), args.vocab_size, args.out)
+    print(f"Wrote {args.out} ({tok.vocab_size} tokens, identifier {tok.identifier}).")
+
+
+def run_tokenizer_encode(args: TokenizerEncodeArgs) -> None:
+    from gpt2repro.tokenizer import load_tokenizer
+
+    print(load_tokenizer(args.tokenizer).encode(args.text, allow_special=args.allow_special))
+
+
+def run_bench_sample(args: BenchSampleArgs) -> None:
+    from gpt2repro.bench import bench_sample, report
+
+    report(bench_sample(args.model, args.new_tokens, args.prompt_tokens, args.device), args.out)
+
+
+Command = tuple[type, Callable[..., None]]
+COMMANDS: dict[str, Command] = {
+    "sample": (SampleArgs, run_sample),
+    "export": (ExportArgs, run_export),
+    "tokenizer train": (TokenizerTrainArgs, run_tokenizer_train),
+    "tokenizer encode": (TokenizerEncodeArgs, run_tokenizer_encode),
+    "bench sample": (BenchSampleArgs, run_bench_sample),
+}
+
+
+def usage() -> str:
+    lines = ["usage: gpt2repro COMMAND [--help] [ARGS...]", "", "commands:"]
+    for name, (args_type, _) in COMMANDS.items():
+        doc = (args_type.__doc__ or "").strip().splitlines()[0]
+        lines.append(f"  {name:<18} {doc}")
+    return "\n".join(lines)
+
+
+def _find_command(argv: Sequence[str]) -> tuple[str, list[str]]:
+    """Longest command name that prefixes argv, and the remaining arguments."""
+    for n in (2, 1):
+        name = " ".join(argv[:n])
+        if len(argv) >= n and name in COMMANDS:
+            return name, list(argv[n:])
+    given = " ".join(argv[:2]) if argv else ""
+    raise ValueError(f"Unknown command {given!r}.\n\n{usage()}")
+
+
+def fail(message: str, code: int = 2) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the console script; `argv` defaults to sys.argv[1:]."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return
+    try:
+        name, rest = _find_command(argv)
+        args_type, run = COMMANDS[name]
+        args: object = tyro.cli(args_type, args=rest, prog=f"gpt2repro {name}")
+        run(args)
+    except (ValueError, FileNotFoundError, NotADirectoryError, ConnectionError) as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        fail("Interrupted.", code=130)

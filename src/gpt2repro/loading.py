@@ -1,0 +1,78 @@
+"""One entry point for every place a model can come from.
+
+A model source is one of:
+  * a gpt2repro checkpoint directory (meta.json + model.safetensors),
+  * a Hugging Face GPT-2 directory (config.json + model.safetensors), e.g. from `gpt2repro export`,
+  * a hub id: gpt2, gpt2-medium, gpt2-large, gpt2-xl (downloaded when the hub is reachable),
+  * `init:PRESET`, a freshly initialised model of a preset shape (seeded by the caller).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gpt2repro import checkpoint, pretrained
+from gpt2repro.model import GPT
+from gpt2repro.presets import model_preset
+from gpt2repro.tokenizer import Tokenizer, load_tokenizer
+
+HUB_IDS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+SOURCE_HELP = (
+    "a checkpoint directory, an exported Hugging Face directory, a hub id "
+    f"({', '.join(HUB_IDS)}) or init:PRESET"
+)
+
+
+@dataclass
+class Loaded:
+    model: GPT
+    tokenizer: Tokenizer
+    source: str
+
+
+def _hf_tokenizer_spec(path: Path) -> str:
+    """The tokenizer an exported directory was trained with (GPT-2's unless it says otherwise)."""
+    extra = path / "gpt2repro.json"
+    if extra.is_file():
+        spec = json.loads(extra.read_text()).get("tokenizer") or "gpt2"
+        return spec if spec == "gpt2" or Path(spec).is_absolute() else str(path / spec)
+    return "gpt2"
+
+
+def load_source(
+    source: str, device: str | torch.device = "cpu", tokenizer: str | None = None
+) -> Loaded:
+    """Load model and tokenizer from `source` (see module docstring); `tokenizer` overrides the stored one."""
+    path = Path(source)
+    if source.startswith("init:"):
+        model = GPT(model_preset(source.removeprefix("init:"))).to(device)
+        tok_spec = "gpt2"
+        tok = load_tokenizer(tokenizer or tok_spec)
+    elif path.is_dir() and checkpoint.is_checkpoint(path):
+        model, tok, _ = checkpoint.load_model(path, device)
+        if tokenizer is not None:
+            tok = load_tokenizer(tokenizer)
+    elif path.is_dir() and (path / "config.json").is_file():
+        model = pretrained.load_hf(path).to(device)
+        tok = load_tokenizer(tokenizer or _hf_tokenizer_spec(path))
+    elif source in HUB_IDS:
+        model = pretrained.load_hf(source).to(device)
+        tok = load_tokenizer(tokenizer or "gpt2")
+    elif path.exists():
+        raise ValueError(
+            f"{source}: neither a gpt2repro checkpoint (meta.json + model.safetensors) nor a "
+            f"Hugging Face directory (config.json + model.safetensors). Pass {SOURCE_HELP}."
+        )
+    else:
+        raise FileNotFoundError(f"{source}: no such file or directory. Pass {SOURCE_HELP}.")
+    if tok.vocab_size != model.config.vocab_size:
+        raise ValueError(
+            f"{source}: the model has a vocabulary of {model.config.vocab_size} tokens but the "
+            f"tokenizer {tok.identifier!r} has {tok.vocab_size}. Use the tokenizer the model was "
+            f"trained with (pass --tokenizer with the matching tokenizer file)."
+        )
+    return Loaded(model=model, tokenizer=tok, source=source)

@@ -1,0 +1,242 @@
+"""GPT-2, exactly: the architecture and its initialisation, in plain torch.nn.
+
+Parameter names follow Hugging Face's GPT2LMHeadModel (`transformer.wte`,
+`transformer.h.{i}.attn.c_attn`, ...), so loading OpenAI's weights is a key copy plus
+transposes of the Conv1D matrices (see pretrained.py). This module imports only torch
+and the standard library: compilation, DDP and FSDP wrap it from outside.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class GPTConfig:
+    """Shape of a GPT-2 model."""
+
+    vocab_size: int = 50257
+    """Number of real tokens (GPT-2's BPE has 50,257)."""
+    block_size: int = 1024
+    """Maximum context length (learned positional embeddings)."""
+    n_layer: int = 12
+    """Number of transformer blocks."""
+    n_head: int = 12
+    """Attention heads per block."""
+    n_embd: int = 768
+    """Width of the residual stream."""
+    dropout: float = 0.0
+    """Dropout on embeddings, attention and residual branches (0 for pretraining, as GPT-2 small)."""
+    bias: bool = True
+    """Biases in Linear and LayerNorm layers (True matches OpenAI's GPT-2)."""
+    pad_vocab_to: int = 64
+    """Round the embedding rows up to a multiple of this for faster matmuls (50257 -> 50304); 1 = no padding."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "pad_vocab_to"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}={getattr(self, name)} must be >= 1")
+        if self.n_head >= 1 and self.n_embd % self.n_head != 0:
+            problems.append(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout={self.dropout} must be in [0, 1)")
+        if problems:
+            raise ValueError("Invalid model config: " + "; ".join(problems) + ".")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding; rows past `vocab_size` never receive probability."""
+        m = self.pad_vocab_to
+        return (self.vocab_size + m - 1) // m * m
+
+
+class KVCache:
+    """Keys and values of every layer for incremental decoding, preallocated to `max_len`."""
+
+    def __init__(
+        self,
+        config: GPTConfig,
+        batch_size: int,
+        max_len: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        hs = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, max_len, hs)  # (L, B, nh, T_max, hs)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0
+        """Number of positions already filled (the same for every layer once a forward ends)."""
+
+    @property
+    def max_len(self) -> int:
+        return self.k.size(3)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        nh, hs = self.n_head, C // self.n_head
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        is_causal, mask = True, None
+        if cache is not None:
+            start = cache.pos
+            cache.k[layer, :, :, start : start + T] = k
+            cache.v[layer, :, :, start : start + T] = v
+            k = cache.k[layer, :, :, : start + T]  # (B, nh, start+T, hs)
+            v = cache.v[layer, :, :, : start + T]
+            if start > 0:
+                # Query i sits at absolute position start+i and may see keys 0..start+i.
+                is_causal = False
+                if T > 1:
+                    q_pos = torch.arange(start, start + T, device=x.device)[:, None]
+                    mask = (
+                        torch.arange(start + T, device=x.device)[None, :] <= q_pos
+                    )  # (T, start+T)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal,
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # GPT-2 used the tanh approximation of GELU ("gelu_new" in transformers).
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    """The trunk, under the name `transformer` as in Hugging Face's GPT2LMHeadModel."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
+
+
+class GPT(nn.Module):
+    """GPT-2 language model with tied input/output embeddings."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = Transformer(config)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # weight tying, as in GPT-2
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """GPT-2 init: N(0, 0.02), residual projections N(0, 0.02/sqrt(2*n_layer)), biases 0.
+
+        Separate from __init__ so a model built on the meta device can be materialised
+        with `to_empty()` and then initialised.
+        """
+        std = 0.02
+        residual_std = std / math.sqrt(2 * self.config.n_layer)  # two residual adds per block
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                s = residual_std if name.endswith("c_proj") else std
+                nn.init.normal_(module.weight, mean=0.0, std=s)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        # Padded rows are never a target and never sampled; zero keeps them inert.
+        self.transformer.wte.weight[self.config.vocab_size :].zero_()
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        """Unique parameters (the tied head counted once), excluding padded vocabulary rows."""
+        n = sum(p.numel() for p in self.parameters())
+        n -= (self.config.padded_vocab_size - self.config.vocab_size) * self.config.n_embd
+        if exclude_embeddings:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab_size) for `idx` (B, T); or, given `targets`, the mean cross-entropy.
+
+        Targets equal to -1 are ignored. With a `cache`, `idx` continues the cached
+        sequence, and the cache advances by T.
+        """
+        B, T = idx.shape
+        start = 0 if cache is None else cache.pos
+        if start + T > self.config.block_size:
+            raise ValueError(
+                f"Sequence of {start + T} tokens exceeds the model's context of {self.config.block_size}."
+            )
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
+        x = self.transformer.drop(
+            self.transformer.wte(idx) + self.transformer.wpe(pos)
+        )  # (B, T, C)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, cache, i)
+        if cache is not None:
+            cache.pos += T
+        x = self.transformer.ln_f(x)
+        # Slice off the padded rows so they never receive probability mass.
+        logits = self.lm_head(x)[..., : self.config.vocab_size]  # (B, T, vocab_size)
+        if targets is None:
+            return logits
+        return F.cross_entropy(
+            logits.reshape(B * T, -1).float(), targets.reshape(B * T), ignore_index=-1
+        )

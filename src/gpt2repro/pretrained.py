@@ -1,0 +1,300 @@
+"""Hugging Face's GPT-2 format in and out: a directory holding config.json + model.safetensors.
+
+`export_hf` writes what `transformers.GPT2LMHeadModel.from_pretrained(dir)` loads; `load_hf`
+reads such a directory, or fetches OpenAI's weights from the Hub (`gpt2` ... `gpt2-xl`).
+Our parameter names are HF's, so the conversion is: transpose the four Conv1D matrices of
+each block (HF's Conv1D stores [in, out], nn.Linear [out, in]), drop or zero-fill the padded
+embedding rows, and leave out `lm_head.weight`, which is tied to `wte`. Only safetensors are
+read, so loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from gpt2repro.model import GPT, GPTConfig
+
+HUB_REPOS = {
+    name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+}
+"""Short hub ids we accept, and the repositories OpenAI's GPT-2 checkpoints now live in."""
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+SIDECAR_FILE = "gpt2repro.json"
+"""What transformers ignores but we want back: tokenizer spec and the bias flag."""
+SIDECAR_VERSION = 1
+GPT2_VOCAB_SIZE = 50257
+GPT2_EOT_ID = 50256  # <|endoftext|>, GPT-2's only special token
+
+_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+_WTE = "transformer.wte.weight"
+_EMBEDDINGS = (_WTE, "transformer.wpe.weight")
+# Causal-mask buffers that older transformers saved with the weights (OpenAI's hub files have them).
+_MASK_BUFFER = re.compile(r"transformer\.h\.\d+\.attn\.(masked_)?bias")
+# Activations that compute GPT-2's tanh-approximated GELU.
+_GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")
+
+
+def export_hf(
+    model: GPT, out_dir: Path | str, tokenizer_spec: str | None = None, *, overwrite: bool = False
+) -> Path:
+    """Write `model` as a transformers GPT-2 directory and return its path.
+
+    HF's GPT-2 has no bias flag, so a `bias=False` model is written with zero biases: the
+    same function, loadable by transformers, and `load_hf` turns it back into `bias=False`.
+    The directory appears complete or not at all: files go to a hidden sibling that is
+    renamed into place, so a killed export never leaves a directory that looks valid.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{out_dir} exists and is not empty. Choose a new directory or pass overwrite=True."
+        )
+    config = model.config
+    tensors: dict[str, torch.Tensor] = {}
+    for name, t in model.state_dict().items():
+        if name == "lm_head.weight":
+            continue  # tied to wte; transformers re-ties it (tie_word_embeddings)
+        t = t.detach().cpu()
+        if name == _WTE:
+            t = t[: config.vocab_size]  # (vocab_size, C): padded rows are ours alone
+        elif name.endswith(_CONV1D):
+            t = t.t()  # (out, in) -> (in, out)
+        tensors[name] = t.contiguous()
+    if not config.bias:
+        for name, t in list(tensors.items()):
+            if name.endswith(".weight") and name not in _EMBEDDINGS:
+                # A Conv1D weight is (in, out) and a LayerNorm weight (C,): the bias has the last dim.
+                tensors[name.removesuffix("weight") + "bias"] = t.new_zeros(t.shape[-1])
+    hf_config = _hf_config(config, tensors[_WTE].dtype)
+    sidecar = dict(version=SIDECAR_VERSION, tokenizer_spec=tokenizer_spec, bias=config.bias)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)  # left over from a killed export of ours
+    tmp.mkdir()
+    try:
+        # transformers refuses safetensors files without format metadata.
+        save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+        (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
+        (tmp / SIDECAR_FILE).write_text(json.dumps(sidecar, indent=2) + "\n")
+        for f in tmp.iterdir():  # on disk before the rename makes the directory visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _hf_config(config: GPTConfig, dtype: torch.dtype) -> dict[str, Any]:
+    """transformers' GPT2Config as JSON, describing exactly our architecture."""
+    # Another tokenizer's <|endoftext|> id is unknown here; its spec goes to the sidecar.
+    eot = GPT2_EOT_ID if config.vocab_size == GPT2_VOCAB_SIZE else None
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,  # the true vocabulary, without padding
+        "n_positions": config.block_size,
+        "n_ctx": config.block_size,  # read by transformers < 4
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": None,  # 4 * n_embd
+        "activation_function": "gelu_new",  # GELU, tanh approximation
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "layer_norm_epsilon": 1e-5,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "tie_word_embeddings": True,
+        "use_cache": True,
+        "bos_token_id": eot,
+        "eos_token_id": eot,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def load_hf(source: str | Path, pad_vocab_to: int = 64, dtype: torch.dtype = torch.float32) -> GPT:
+    """GPT-2 from a local HF-format directory or a hub id (`gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl`).
+
+    Returns the model on CPU in eval mode, as `from_pretrained` does; `model.config` is its
+    GPTConfig. The embedding gains zero rows up to a multiple of `pad_vocab_to`. Biases
+    stay, even all-zero ones, unless the directory is our own export of a `bias=False` model
+    whose biases are still zero.
+    """
+    path = _resolve(source)
+    hf = _read_json(path / CONFIG_FILE)
+    sidecar = _read_json(path / SIDECAR_FILE) if (path / SIDECAR_FILE).is_file() else {}
+    state: dict[str, torch.Tensor] = {}
+    for key, t in load_file(path / WEIGHTS_FILE).items():
+        # OpenAI's hub files name keys without the `transformer.` prefix (`h.0.attn...`).
+        name = key if key.startswith(("transformer.", "lm_head.")) else f"transformer.{key}"
+        if not _MASK_BUFFER.fullmatch(name):
+            state[name] = t
+    biases = [t for name, t in state.items() if name.endswith(".bias")]
+    bias = sidecar.get("bias", True) or any(t.any() for t in biases)
+    config = _gpt_config(hf, path / CONFIG_FILE, pad_vocab_to, bias)
+    with torch.device("meta"):  # shapes only; the weights come from the file
+        model = GPT(config)
+    ours = _to_ours(state, model, dtype, path)
+    model.load_state_dict(ours | {"lm_head.weight": ours[_WTE]}, assign=True)
+    model.lm_head.weight = model.get_parameter(_WTE)  # assign=True made two Parameters
+    return model.eval()
+
+
+def _to_ours(
+    state: dict[str, torch.Tensor], model: GPT, dtype: torch.dtype, path: Path
+) -> dict[str, torch.Tensor]:
+    """HF tensors (prefixed names) as `model`'s state dict, minus lm_head; all problems at once."""
+    config = model.config
+    head, wte = state.pop("lm_head.weight", None), state.get(_WTE)
+    if head is not None and wte is not None and not torch.equal(head, wte):
+        raise ValueError(
+            f"{path / WEIGHTS_FILE}: lm_head.weight differs from transformer.wte.weight, but "
+            "GPT-2 ties them. Only tied checkpoints can be loaded."
+        )
+    expected = {k: v.shape for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    ours: dict[str, torch.Tensor] = {}
+    problems = []
+    for name, t in state.items():
+        if name.endswith(".bias") and not config.bias:
+            continue  # zero biases that export_hf wrote for a bias=False model
+        if name not in expected:
+            problems.append(f"unexpected tensor {name}")
+            continue
+        t = t.to(dtype)
+        if name.endswith(_CONV1D):
+            t = t.t()  # (in, out) -> (out, in)
+        elif name == _WTE and t.size(0) == config.vocab_size:
+            padded = t.new_zeros(config.padded_vocab_size, t.size(1))  # (padded_vocab, C)
+            padded[: config.vocab_size] = t  # padded rows stay zero, as after init_weights
+            t = padded
+        if t.shape != expected[name]:
+            problems.append(f"{name} is {tuple(t.shape)}, config implies {tuple(expected[name])}")
+        ours[name] = t.contiguous()
+    problems += [f"missing tensor {name}" for name in sorted(expected.keys() - ours.keys())]
+    if problems:
+        raise ValueError(
+            f"{path / WEIGHTS_FILE} does not match {path / CONFIG_FILE}: "
+            + "; ".join(problems)
+            + ". Re-export it; a GPT-2 saved by transformers or export_hf matches its config."
+        )
+    return ours
+
+
+def hf_tokenizer_spec(source: str | Path) -> str | None:
+    """The tokenizer spec for a `load_hf` source: what export_hf recorded, else "gpt2" for
+    GPT-2's 50,257-token vocabulary, else None."""
+    if _hub_repo(source) is not None:
+        return "gpt2"
+    path = _resolve(source)
+    if (path / SIDECAR_FILE).is_file():
+        spec = _read_json(path / SIDECAR_FILE).get("tokenizer_spec")
+        if spec is not None:
+            return str(spec)
+    return "gpt2" if _read_json(path / CONFIG_FILE).get("vocab_size") == GPT2_VOCAB_SIZE else None
+
+
+def _gpt_config(hf: dict[str, Any], file: Path, pad_vocab_to: int, bias: bool) -> GPTConfig:
+    """Our config for a transformers GPT2Config; missing keys take GPT2Config's defaults."""
+    n_embd = hf.get("n_embd", 768)
+    problems = []
+    for key, default, allowed in [  # what our GPT computes, and transformers' defaults
+        ("model_type", None, ("gpt2",)),
+        ("activation_function", "gelu_new", _GELU_TANH),
+        ("n_inner", None, (None, 4 * n_embd)),
+        ("layer_norm_epsilon", 1e-5, (1e-5,)),
+        ("scale_attn_weights", True, (True,)),
+        ("scale_attn_by_inverse_layer_idx", False, (False,)),
+        ("add_cross_attention", False, (False,)),
+        ("tie_word_embeddings", True, (True,)),
+    ]:
+        if hf.get(key, default) not in allowed:
+            problems.append(f"{key} is {hf.get(key)!r}, not {' or '.join(map(repr, allowed))}")
+    if problems:
+        raise ValueError(
+            f"{file}: not a GPT-2 that gpt2repro can represent: "
+            + "; ".join(problems)
+            + ". Only the original GPT-2 architecture (GPT2LMHeadModel) loads."
+        )
+    return GPTConfig(
+        vocab_size=hf.get("vocab_size", GPT2_VOCAB_SIZE),
+        block_size=hf.get("n_positions", hf.get("n_ctx", 1024)),
+        n_layer=hf.get("n_layer", 12),
+        n_head=hf.get("n_head", 12),
+        n_embd=n_embd,
+        dropout=hf.get("resid_pdrop", 0.1),  # our single rate; GPT-2 uses 0.1 for all three
+        bias=bias,
+        pad_vocab_to=pad_vocab_to,
+    )
+
+
+def _resolve(source: str | Path) -> Path:
+    """A local directory holding config.json and model.safetensors, downloading hub ids."""
+    repo = _hub_repo(source)
+    path = _download(repo) if repo is not None else Path(source).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"{source}: no such directory, and not one of the hub ids {', '.join(HUB_REPOS)}. "
+            f"Pass a directory holding {CONFIG_FILE} and {WEIGHTS_FILE} (written by export_hf or "
+            "transformers' save_pretrained), or a hub id."
+        )
+    missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE) if not (path / f).is_file()]
+    if missing:
+        found = sorted(p.name for p in path.iterdir())
+        raise FileNotFoundError(
+            f"{path}: missing {' and '.join(missing)} (found: {', '.join(found) or 'nothing'}). "
+            "gpt2repro reads one unsharded model.safetensors and never unpickles "
+            "pytorch_model.bin; convert with transformers: "
+            f"`GPT2LMHeadModel.from_pretrained('{path}').save_pretrained(DIR, max_shard_size='100GB')`."
+        )
+    return path
+
+
+def _hub_repo(source: str | Path) -> str | None:
+    """The hub repository `source` names; a local directory of that name wins, as in transformers."""
+    if not isinstance(source, str) or Path(source).expanduser().is_dir():
+        return None
+    return HUB_REPOS.get(source, source if source in HUB_REPOS.values() else None)
+
+
+def _download(repo_id: str) -> Path:
+    """The hub snapshot of `repo_id` (cached by huggingface_hub), or a FileNotFoundError saying how to get it."""
+    from huggingface_hub import snapshot_download  # lazy: the hub client is only needed here
+
+    try:
+        # etag_timeout: fail within seconds, not minutes, behind a firewall that drops packets.
+        snapshot = snapshot_download(
+            repo_id, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE], etag_timeout=5
+        )
+    except Exception as e:  # the hub client raises its own, httpx or requests errors, by version
+        raise FileNotFoundError(
+            f"Could not fetch {repo_id} from the Hugging Face Hub ({type(e).__name__}: {e}). "
+            f"On a machine that can reach it, run `hf download {repo_id} {CONFIG_FILE} "
+            f"{WEIGHTS_FILE} --local-dir DIR` (older huggingface_hub: `huggingface-cli download ...`), "
+            "copy DIR here and pass that local directory instead of the hub id."
+        ) from e
+    return Path(snapshot)
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file}: not valid JSON ({e}). Re-export or re-download it.") from e
+    return data if isinstance(data, dict) else {}

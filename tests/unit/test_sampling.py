@@ -1,0 +1,79 @@
+"""Generation: the KV cache equals full recompute, seeds reproduce, filters keep the right tokens."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gpt2repro.model import GPT
+from gpt2repro.sampling import SamplingConfig, filter_logits, generate
+
+
+@pytest.mark.parametrize("prompt_len,new", [(1, 20), (5, 27), (30, 10)])
+def test_cache_matches_recompute_under_greedy(tiny_model: GPT, prompt_len: int, new: int) -> None:
+    # (30, 10) runs past the 32-token context, where both paths slide the window.
+    torch.manual_seed(prompt_len)
+    prompt = torch.randint(0, 97, (3, prompt_len))
+    cfg = SamplingConfig(max_new_tokens=new, temperature=0.0)
+    cached = generate(tiny_model, prompt, cfg, use_cache=True)
+    plain = generate(tiny_model, prompt, cfg, use_cache=False)
+    assert cached.shape == (3, prompt_len + new)
+    assert torch.equal(cached, plain)
+    assert torch.equal(cached[:, :prompt_len], prompt)
+
+
+def test_greedy_is_argmax_of_full_forward(tiny_model: GPT) -> None:
+    prompt = torch.tensor([[3, 1, 4, 1, 5]])
+    out = generate(tiny_model, prompt, SamplingConfig(max_new_tokens=1, temperature=0.0))
+    assert out[0, -1].item() == tiny_model(prompt)[0, -1].argmax().item()
+
+
+def test_same_seed_same_tokens(tiny_model: GPT) -> None:
+    prompt = torch.zeros(4, 1, dtype=torch.long)
+    cfg = SamplingConfig(max_new_tokens=25, temperature=1.0, top_k=50, top_p=0.95)
+    a = generate(tiny_model, prompt, cfg, torch.Generator().manual_seed(7))
+    b = generate(tiny_model, prompt, cfg, torch.Generator().manual_seed(7))
+    c = generate(tiny_model, prompt, cfg, torch.Generator().manual_seed(8))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert int(a.max()) < 97  # never a padded row
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy(tiny_model: GPT) -> None:
+    prompt = torch.randint(0, 97, (2, 4))
+    greedy = generate(tiny_model, prompt, SamplingConfig(max_new_tokens=12, temperature=0.0))
+    for cfg in (SamplingConfig(12, 1.0, top_k=1), SamplingConfig(12, 1.0, top_p=1e-6)):
+        assert torch.equal(
+            generate(tiny_model, prompt, cfg, torch.Generator().manual_seed(0)), greedy
+        )
+
+
+def test_filter_logits_against_closed_form() -> None:
+    probs = torch.tensor([[0.5, 0.05, 0.3, 0.15]])
+    logits = probs.log()
+    kept = lambda out: torch.isfinite(out[0]).nonzero().flatten().tolist()  # noqa: E731
+    assert kept(filter_logits(logits, top_k=2, top_p=None)) == [0, 2]
+    # The smallest set whose mass reaches p: {0} for p<=0.5, {0,2} for p<=0.8, then add 3.
+    assert kept(filter_logits(logits, top_k=None, top_p=0.5)) == [0]
+    assert kept(filter_logits(logits, top_k=None, top_p=0.7)) == [0, 2]
+    assert kept(filter_logits(logits, top_k=None, top_p=0.9)) == [0, 2, 3]
+    assert kept(filter_logits(logits, top_k=None, top_p=1.0)) == [0, 1, 2, 3]
+    assert kept(filter_logits(logits, top_k=3, top_p=0.7)) == [0, 2]
+
+
+def test_sampling_follows_the_distribution(tiny_model: GPT) -> None:
+    # With temperature 1 and no filters, token frequencies match softmax(logits).
+    prompt = torch.tensor([[5, 6, 7]]).repeat(4000, 1)
+    out = generate(tiny_model, prompt, SamplingConfig(1, 1.0), torch.Generator().manual_seed(0))
+    freq = torch.bincount(out[:, -1], minlength=97).float() / 4000
+    probs = torch.softmax(tiny_model(prompt[:1])[0, -1], dim=-1)
+    assert (freq - probs).abs().max().item() < 0.03
+
+
+def test_bad_settings_and_prompts(tiny_model: GPT) -> None:
+    with pytest.raises(ValueError, match="temperature=-1"):
+        SamplingConfig(temperature=-1)
+    with pytest.raises(ValueError, match=r"top_p=1\.5"):
+        SamplingConfig(top_p=1.5)
+    with pytest.raises(ValueError, match="context is 32"):
+        generate(tiny_model, torch.zeros(1, 33, dtype=torch.long), SamplingConfig(1))
