@@ -4,6 +4,8 @@ Layout of one checkpoint (a directory):
     meta.json           format version, model config, tokenizer, step and other plain data
     model.safetensors   weights (the tied head is stored once, as transformer.wte.weight)
     tokenizer.json      only for trained byte-level BPE tokenizers, so a checkpoint is self-contained
+    train_state.pt      optimizer, grad scaler and RNG states (training checkpoints), loaded
+                        with torch.load(weights_only=True): tensors and plain containers only
 
 The directory is assembled under a temporary name and renamed into place, so a
 killed process never leaves a directory that looks like a valid checkpoint.
@@ -13,12 +15,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -29,6 +33,7 @@ FORMAT_VERSION = 1
 META = "meta.json"
 WEIGHTS = "model.safetensors"
 TIED_KEY = "lm_head.weight"  # shares storage with transformer.wte.weight
+TRAIN_STATE = "train_state.pt"
 
 
 def unwrap(model: torch.nn.Module) -> GPT:
@@ -133,3 +138,84 @@ def load_model(
         )
     model.lm_head.weight = model.transformer.wte.weight  # to_empty() broke the tie
     return model, checkpoint_tokenizer(path, meta), meta
+
+
+# ---- training state: optimizer, scaler, loader position and every RNG ----
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator that training touches, as plain containers and tensors."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_train_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    meta: dict[str, Any],
+) -> Path:
+    """A checkpoint that resumes exactly: weights plus optimizer, scaler and RNG states.
+
+    `meta` must be JSON-serialisable (train state, loader state, config).
+    """
+
+    def write_state(p: Path) -> None:
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": rng_state(),
+            },
+            p,
+        )
+
+    return save_checkpoint(
+        path, model, tokenizer, meta=meta, extra_files={TRAIN_STATE: write_state}
+    )
+
+
+def load_train_state(path: Path) -> dict[str, Any]:
+    """Optimizer, scaler and RNG states of a training checkpoint; never unpickles code."""
+    file = path / TRAIN_STATE
+    if not file.is_file():
+        raise ValueError(f"{path}: has weights but no {TRAIN_STATE}; it cannot resume training.")
+    state: dict[str, Any] = torch.load(file, map_location="cpu", weights_only=True)
+    return state
+
+
+def step_dirs(ckpt_root: Path) -> list[Path]:
+    """Valid step_NNNNNN checkpoints under `ckpt_root`, oldest first."""
+    if not ckpt_root.is_dir():
+        return []
+    found = [
+        p
+        for p in ckpt_root.glob("step_*")
+        if p.is_dir() and is_checkpoint(p) and (p / TRAIN_STATE).is_file()
+    ]
+    return sorted(found, key=lambda p: int(p.name.removeprefix("step_")))
+
+
+def prune(ckpt_root: Path, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` step checkpoints (the `best` one lives apart)."""
+    for old in step_dirs(ckpt_root)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)

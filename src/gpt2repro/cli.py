@@ -17,7 +17,6 @@ from typing import Annotated
 import tyro
 
 
-
 @dataclass
 class SampleArgs:
     """Generate text from a checkpoint, an exported or hub GPT-2, or a fresh model."""
@@ -100,6 +99,58 @@ class BenchSampleArgs:
     """Also write the result as JSON here."""
 
 
+def pop_option(argv: list[str], name: str, default: str) -> tuple[str, list[str]]:
+    """Remove `--name VALUE` or `--name=VALUE` from argv; returns (value, rest)."""
+    rest, value, i = [], default, 0
+    while i < len(argv):
+        if argv[i] == name and i + 1 < len(argv):
+            value, i = argv[i + 1], i + 2
+        elif argv[i].startswith(name + "="):
+            value, i = argv[i].split("=", 1)[1], i + 1
+        else:
+            rest.append(argv[i])
+            i += 1
+    return value, rest
+
+
+def run_train(argv: list[str]) -> None:
+    """Train GPT-2 from a preset with typed overrides (--dry-run: plan only)."""
+    from gpt2repro.config import TrainConfig
+    from gpt2repro.presets import DEFAULT_TRAIN_PRESET, TRAIN_PRESETS, train_preset
+
+    preset, argv = pop_option(argv, "--preset", DEFAULT_TRAIN_PRESET)
+    dry_run = "--dry-run" in argv
+    argv = [a for a in argv if a != "--dry-run"]
+    base = train_preset(preset)
+    description = (
+        f"Train GPT-2. Starts from --preset (default {DEFAULT_TRAIN_PRESET}; one of "
+        f"{', '.join(TRAIN_PRESETS)}) and overrides fields by name, e.g. --optim.lr 3e-4. "
+        f"--dry-run prints the resolved config and cost estimate without training."
+    )
+    cfg = tyro.cli(
+        TrainConfig, default=base, args=argv, prog="gpt2repro train", description=description
+    )
+    if dry_run:
+        from gpt2repro.plan import dry_run_report
+
+        print(dry_run_report(cfg))
+        return
+    from gpt2repro.train import train
+
+    result = train(cfg)
+    print(f"run directory: {result.run_dir}")
+    if result.final_val:
+        print(
+            f"final val loss {result.final_val['loss']:.4f}, bits per byte {result.final_val['bpb']:.4f}"
+        )
+    if result.checkpoint is not None:
+        print(f"checkpoint: {result.checkpoint}")
+    if result.stopped_by == "unstable":
+        raise SystemExit(3)
+    if result.stopped_by == "signal":
+        raise SystemExit(143)
+
+
 def run_sample(args: SampleArgs) -> None:
     import torch
 
@@ -173,6 +224,7 @@ COMMANDS: dict[str, Command] = {
 
 def usage() -> str:
     lines = ["usage: gpt2repro COMMAND [--help] [ARGS...]", "", "commands:"]
+    lines.append(f"  {'train':<18} {run_train.__doc__ or ''}")
     for name, (args_type, _) in COMMANDS.items():
         doc = (args_type.__doc__ or "").strip().splitlines()[0]
         lines.append(f"  {name:<18} {doc}")
@@ -201,6 +253,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(usage())
         return
     try:
+        if argv[0] == "train":
+            run_train(argv[1:])
+            return
         name, rest = _find_command(argv)
         args_type, run = COMMANDS[name]
         args: object = tyro.cli(args_type, args=rest, prog=f"gpt2repro {name}")

@@ -1,0 +1,188 @@
+"""Typed training configuration: nested dataclasses, each field with a default and a docstring.
+
+`gpt2repro train --preset NAME --optim.lr 3e-4 ...` starts from a preset (presets.py)
+and overrides fields by their dotted names; tyro rejects unknown names and bad types.
+`TrainConfig.validate()` collects every inconsistency into one error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gpt2repro.model import GPTConfig
+
+
+@dataclass
+class DataConfig:
+    """Which prepared token shards to train and validate on."""
+
+    dataset: str = "shakespeare"
+    """Dataset name as given to `gpt2repro prepare` (its folder under data_root)."""
+    data_root: Path = Path("data")
+    """Folder holding prepared datasets."""
+    tokenizer: str = "gpt2"
+    """gpt2, a tokenizer .json file, or `train:N` to train an N-token byte-level BPE on the training split."""
+    prepare_if_missing: bool = True
+    """Run `gpt2repro prepare` for the dataset when it has not been prepared yet."""
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with weight decay on matrices only, and gradient clipping."""
+
+    lr: float = 6e-4
+    """Peak learning rate, reached at the end of warmup."""
+    min_lr: float = 6e-5
+    """Learning rate at the end of the cosine decay."""
+    warmup_steps: int = 715
+    """Linear warmup from 0 to lr over this many steps."""
+    decay_steps: int | None = None
+    """Step at which the cosine reaches min_lr (None: the last training step)."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay, applied to parameters with 2 or more dimensions."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0: no clipping)."""
+    fused: bool | None = None
+    """Fused AdamW kernel (None: on where the device supports it)."""
+
+
+@dataclass
+class BatchConfig:
+    """How many tokens each optimizer step sees, and how they are split."""
+
+    tokens_per_step: int = 524_288
+    """Tokens per optimizer step across all ranks (2**19, as in GPT-3 small)."""
+    micro_batch: int = 64
+    """Sequences per forward/backward on one rank."""
+    seq_len: int = 1024
+    """Tokens per sequence (at most the model's block_size)."""
+
+
+@dataclass
+class RunConfig:
+    """Length of the run, precision and compilation."""
+
+    max_steps: int = 19_073
+    """Optimizer steps to train for."""
+    max_minutes: float | None = None
+    """Stop (with a checkpoint and final evaluation) after this much training time."""
+    dtype: str = "auto"
+    """auto (bf16 on CUDA with bf16 support, fp16 on older GPUs, fp32 on CPU), fp32, bf16 or fp16."""
+    compile: bool | None = None
+    """torch.compile the model (None: on for CUDA, off on CPU)."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    seed: int = 1337
+    """Seed for initialisation, data order and sampling."""
+    out_dir: Path = Path("runs_out/default")
+    """Run directory: config, metrics, checkpoints, samples, plots."""
+
+
+@dataclass
+class EvalConfig:
+    """Periodic validation and samples."""
+
+    interval: int = 250
+    """Evaluate every this many steps (and at the end); 0 disables."""
+    val_tokens: int = 10_485_760
+    """Validation token budget per evaluation (fixed, so runs compare)."""
+    sample_interval: int = 1000
+    """Write samples every this many steps (and at the end); 0 disables."""
+    sample_tokens: int = 64
+    """New tokens per sample."""
+    sample_prompt: str = "\n"
+    """Prompt for samples."""
+
+
+@dataclass
+class CheckpointConfig:
+    """When to save, how many to keep, and where to resume from."""
+
+    interval: int = 1000
+    """Save every this many steps (and at the end); 0 saves only at the end."""
+    keep_last: int = 2
+    """Keep this many recent checkpoints (the best one is kept in addition)."""
+    resume: str = "none"
+    """none, auto (newest valid checkpoint in out_dir, if any) or a checkpoint directory."""
+
+
+@dataclass
+class LogConfig:
+    """Where and how often metrics go."""
+
+    interval: int = 10
+    """Log every this many steps."""
+    tensorboard: bool = True
+    """Also write TensorBoard event files (when tensorboard is installed)."""
+    wandb: bool = False
+    """Also log to Weights & Biases (when wandb is installed)."""
+    wandb_project: str = "gpt2repro"
+    """W&B project name."""
+
+
+@dataclass
+class StabilityConfig:
+    """What to do about non-finite or spiking losses."""
+
+    max_bad_steps: int = 5
+    """Stop after this many consecutive skipped (non-finite) steps."""
+    spike_zscore: float | None = None
+    """Also skip steps whose loss is this many standard deviations above the recent mean (None: off)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; presets.py holds named instances."""
+
+    model: GPTConfig = field(default_factory=GPTConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    stability: StabilityConfig = field(default_factory=StabilityConfig)
+
+    def grad_accum_steps(self, world_size: int) -> int:
+        """Micro-steps per optimizer step on each rank; raises when the batch does not divide."""
+        per_micro = self.batch.micro_batch * self.batch.seq_len * world_size
+        if self.batch.tokens_per_step % per_micro != 0:
+            raise ValueError(
+                f"tokens_per_step={self.batch.tokens_per_step} is not a multiple of "
+                f"micro_batch*seq_len*world_size = {self.batch.micro_batch}*{self.batch.seq_len}*"
+                f"{world_size} = {per_micro}. Change --batch.tokens-per-step or --batch.micro-batch."
+            )
+        return self.batch.tokens_per_step // per_micro
+
+    def validate(self, world_size: int = 1) -> None:
+        """Raise one ValueError listing every inconsistent setting."""
+        problems = []
+        o, b, r = self.optim, self.batch, self.run
+        if b.seq_len > self.model.block_size:
+            problems.append(
+                f"batch.seq_len={b.seq_len} exceeds model.block_size={self.model.block_size}"
+            )
+        if min(b.seq_len, b.micro_batch, b.tokens_per_step, r.max_steps) < 1:
+            problems.append("batch sizes, seq_len and run.max_steps must be positive")
+        if not 0 <= o.min_lr <= o.lr:
+            problems.append(f"need 0 <= optim.min_lr ({o.min_lr}) <= optim.lr ({o.lr})")
+        if o.warmup_steps < 0 or (o.decay_steps is not None and o.decay_steps < o.warmup_steps):
+            problems.append("optim.warmup_steps must be >= 0 and <= optim.decay_steps")
+        if r.dtype not in ("auto", "fp32", "bf16", "fp16"):
+            problems.append(f"run.dtype={r.dtype!r} must be auto, fp32, bf16 or fp16")
+        if self.checkpoint.keep_last < 1:
+            problems.append("checkpoint.keep_last must be >= 1")
+        try:
+            self.grad_accum_steps(world_size)
+        except ValueError as e:
+            problems.append(str(e).rstrip("."))
+        if problems:
+            raise ValueError("Invalid training config: " + "; ".join(problems) + ".")

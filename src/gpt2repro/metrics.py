@@ -1,0 +1,122 @@
+"""FLOPs per token, hardware peaks, MFU, and the metric sinks (JSONL, TensorBoard, W&B)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gpt2repro.model import GPTConfig
+
+# Dense (no sparsity) datasheet peaks in FLOP/s, by a substring of the device name.
+GPU_PEAK_FLOPS: dict[str, dict[str, float]] = {
+    "H200": {"bf16": 989e12, "fp16": 989e12, "tf32": 494e12, "fp32": 67e12},
+    "H100": {"bf16": 989e12, "fp16": 989e12, "tf32": 494e12, "fp32": 67e12},  # SXM
+    "A100": {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12},
+    "L40S": {"bf16": 362e12, "fp16": 362e12, "tf32": 183e12, "fp32": 91.6e12},
+    "A10G": {"bf16": 70e12, "fp16": 70e12, "tf32": 35e12, "fp32": 31.2e12},
+    "V100": {"fp16": 125e12, "fp32": 15.7e12},
+    "T4": {"fp16": 65e12, "fp32": 8.1e12},
+    "4090": {"bf16": 165e12, "fp16": 165e12, "tf32": 82.6e12, "fp32": 82.6e12},
+}
+
+
+def flops_per_token(cfg: GPTConfig, seq_len: int, n_params: int) -> float:
+    """Training FLOPs per token: 6N for the matmuls plus 12*L*T*C for attention scores.
+
+    The estimate of the PaLM paper (appendix B), as used by nanoGPT; N excludes the
+    position embedding, which costs no matmul.
+    """
+    n = n_params - cfg.block_size * cfg.n_embd
+    return 6 * n + 12 * cfg.n_layer * seq_len * cfg.n_embd
+
+
+def datasheet_peak(device: torch.device, dtype: str) -> float | None:
+    """Peak FLOP/s for `dtype` on a known GPU, else None."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peaks in GPU_PEAK_FLOPS.items():
+        if key in name:
+            return peaks.get(dtype)
+    return None
+
+
+def measure_matmul_peak(
+    device: torch.device, dtype: torch.dtype, n: int = 1024, seconds: float = 0.5
+) -> float:
+    """FLOP/s of a square matmul, measured now: the reachable peak on this machine."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    count, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        count += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * count / (time.perf_counter() - t0)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory so far: allocated CUDA memory, or the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+class MetricsWriter:
+    """Append metrics to metrics.jsonl, and to TensorBoard / W&B when asked and installed."""
+
+    def __init__(
+        self, run_dir: Path, tensorboard: bool, wandb_project: str | None, config: dict[str, Any]
+    ) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.tb: Any = None
+        self.wandb: Any = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:
+                print("note: tensorboard is not installed; metrics go to metrics.jsonl only.")
+        if wandb_project:
+            try:
+                import wandb
+
+                self.wandb = wandb.init(project=wandb_project, config=config, dir=str(run_dir))
+            except ImportError:
+                print("note: wandb is not installed (pip install wandb); skipping W&B logging.")
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past `step`, so a resumed run's log has no duplicate or orphan steps."""
+        if not self.path.exists():
+            return
+        keep = [
+            ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step
+        ]
+        self.path.write_text("".join(ln + "\n" for ln in keep))
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        step = record["step"]
+        for key, value in record.items():
+            if self.tb is not None and key != "step" and isinstance(value, int | float):
+                self.tb.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log(record, step=step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()

@@ -1,0 +1,57 @@
+"""`train --dry-run`: what a config resolves to and what it will cost here, without training."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import torch
+
+from gpt2repro.config import TrainConfig
+from gpt2repro.distributed import dist_info_from_env
+from gpt2repro.metrics import datasheet_peak, flops_per_token, measure_matmul_peak
+from gpt2repro.model import GPT
+from gpt2repro.parallelize import DTYPES, resolve_dtype
+from gpt2repro.runtime import resolve_device
+
+ASSUMED_MFU = 0.4  # what a tuned run reaches on GPUs; on CPU the measured matmul rate is already the practical peak
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def dry_run_report(cfg: TrainConfig) -> str:
+    """Resolved config, parameter count, batch arithmetic and a time estimate for this machine."""
+    world = dist_info_from_env().world_size
+    cfg.validate(world)
+    device = resolve_device(cfg.run.device)
+    dtype = resolve_dtype(cfg.run.dtype, device)
+    with torch.device("meta"):
+        n_params = GPT(cfg.model).num_params()
+    fpt = flops_per_token(cfg.model, cfg.batch.seq_len, n_params)
+    peak = datasheet_peak(device, "tf32" if dtype == "fp32" else dtype)
+    measured = peak is None
+    if peak is None:
+        peak = measure_matmul_peak(device, DTYPES[dtype], seconds=0.3)
+    rate = peak * ASSUMED_MFU * world
+    step_s = fpt * cfg.batch.tokens_per_step / rate
+    lines = [
+        json.dumps(asdict(cfg), indent=2, default=str),
+        f"parameters:          {n_params:,}",
+        f"tokens per step:     {cfg.batch.tokens_per_step:,}",
+        f"world size:          {world}",
+        f"accumulation steps:  {cfg.grad_accum_steps(world)} "
+        f"(micro-batch {cfg.batch.micro_batch} x {cfg.batch.seq_len} tokens per rank)",
+        f"total tokens:        {cfg.batch.tokens_per_step * cfg.run.max_steps:,}",
+        f"FLOPs per token:     {fpt:.3e}",
+        f"device / dtype:      {device} / {dtype} "
+        f"({'measured' if measured else 'datasheet'} peak {peak / 1e12:.2f} TFLOP/s per device)",
+        f"time per step:       ~{_duration(step_s)} (assuming {ASSUMED_MFU:.0%} MFU on {world} device(s))",
+        f"total time:          ~{_duration(step_s * cfg.run.max_steps)}",
+    ]
+    return "\n".join(lines)

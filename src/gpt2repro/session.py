@@ -1,0 +1,162 @@
+"""Everything a training run sets up before its first step, gathered in one `Session`.
+
+Device and process group, data (prepared if missing), tokenizer, model, optimizer,
+grad scaler, compile/DDP wrapping, run directory records and metric sinks.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gpt2repro.config import TrainConfig
+from gpt2repro.data.loader import read_manifest
+from gpt2repro.distributed import DistInfo, init_distributed, print0, shutdown
+from gpt2repro.metrics import (
+    MetricsWriter,
+    datasheet_peak,
+    flops_per_token,
+    measure_matmul_peak,
+    peak_memory_bytes,
+)
+from gpt2repro.model import GPT
+from gpt2repro.optim import build_optimizer
+from gpt2repro.parallelize import DTYPES, configure_backends, resolve_dtype, wrap_model
+from gpt2repro.runtime import resolve_device, seed_everything
+from gpt2repro.tokenizer import Tokenizer, load_tokenizer
+from gpt2repro.tokenizer_setup import ensure_dataset
+
+
+@dataclass
+class Session:
+    cfg: TrainConfig
+    dist: DistInfo
+    device: torch.device
+    dtype: str
+    model: torch.nn.Module
+    """The model as trained: possibly compiled and DDP-wrapped (checkpoint.unwrap gets the GPT)."""
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    tokenizer: Tokenizer
+    data_dir: Path
+    run_dir: Path
+    writer: MetricsWriter
+    flops_per_token: float
+    peak_flops: float
+    config_json: str
+
+    def peak_memory(self) -> int:
+        return peak_memory_bytes(self.device)
+
+    def close(self) -> None:
+        self.writer.close()
+        shutdown()
+
+
+def _git_revision() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+        )
+        return out.stdout.strip() or None
+    except OSError:
+        return None
+
+
+def environment_record(device: torch.device, dist: DistInfo) -> dict[str, Any]:
+    """Code version, package versions and hardware, written next to every run's metrics."""
+    packages = {}
+    for name in ("gpt2repro", "torch", "numpy", "tiktoken", "tokenizers", "safetensors"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    hw: dict[str, Any] = {"device": str(device), "cpu": platform.processor() or platform.machine()}
+    hw |= {"threads": torch.get_num_threads(), "world_size": dist.world_size}
+    if device.type == "cuda":
+        hw["gpu"] = torch.cuda.get_device_name(device)
+    return {
+        "git_revision": _git_revision(),
+        "python": sys.version,
+        "packages": packages,
+        "hardware": hw,
+    }
+
+
+def peak_flops_for(device: torch.device, dtype: str) -> float:
+    """Datasheet peak on known GPUs; otherwise a matmul measured now (CPU, unknown GPUs)."""
+    table = datasheet_peak(device, "tf32" if dtype == "fp32" else dtype)
+    return table if table is not None else measure_matmul_peak(device, DTYPES[dtype])
+
+
+def open_session(cfg: TrainConfig) -> Session:
+    device = resolve_device(cfg.run.device)
+    dist = init_distributed(device)
+    cfg.validate(dist.world_size)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    dtype = resolve_dtype(cfg.run.dtype, device)
+    configure_backends(device)
+    data_dir, tok_spec = ensure_dataset(cfg.data, dist)
+    tokenizer = load_tokenizer(tok_spec)
+    manifest = read_manifest(data_dir)
+    if cfg.model.vocab_size != tokenizer.vocab_size:
+        print0(
+            dist,
+            f"note: model.vocab_size set to {tokenizer.vocab_size} to match tokenizer {tokenizer.identifier}",
+        )
+        cfg = replace(cfg, model=replace(cfg.model, vocab_size=tokenizer.vocab_size))
+    if manifest.get("vocab_size") not in (None, tokenizer.vocab_size):
+        raise ValueError(
+            f"{data_dir}: prepared with a {manifest['vocab_size']}-token vocabulary, "
+            f"but the tokenizer has {tokenizer.vocab_size}. Re-run `gpt2repro prepare`."
+        )
+    seed_everything(cfg.run.seed)
+    gpt = GPT(cfg.model).to(device)
+    optimizer = build_optimizer(gpt, cfg.optim, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16")
+    compile_model = cfg.run.compile if cfg.run.compile is not None else device.type == "cuda"
+    model = wrap_model(gpt, device, compile_model, dist)
+    run_dir = cfg.run.out_dir
+    config_json = json.dumps(asdict(cfg), indent=2, default=str)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(config_json + "\n")
+        (run_dir / "environment.json").write_text(
+            json.dumps(environment_record(device, dist), indent=2) + "\n"
+        )
+    wandb = cfg.log.wandb_project if cfg.log.wandb else None
+    writer = MetricsWriter(
+        run_dir, cfg.log.tensorboard and dist.is_main, wandb if dist.is_main else None, asdict(cfg)
+    )
+    fpt = flops_per_token(cfg.model, cfg.batch.seq_len, gpt.num_params())
+    print0(
+        dist,
+        f"model: {gpt.num_params():,} parameters | device {device} | dtype {dtype} | "
+        f"compile {compile_model} | world size {dist.world_size} | "
+        f"accumulation {cfg.grad_accum_steps(dist.world_size)}",
+    )
+    return Session(
+        cfg,
+        dist,
+        device,
+        dtype,
+        model,
+        optimizer,
+        scaler,
+        tokenizer,
+        data_dir,
+        run_dir,
+        writer,
+        fpt,
+        peak_flops_for(device, dtype),
+        config_json,
+    )

@@ -1,0 +1,325 @@
+"""The training loop: one optimizer step at a time, with evaluation, samples and checkpoints.
+
+Helpers are plain functions with explicit arguments; the only mutable run state is
+`TrainState`, which goes into every checkpoint. Rank-aware side effects go through
+`session.dist.is_main`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gpt2repro import checkpoint as ckpt
+from gpt2repro.config import TrainConfig
+from gpt2repro.data.loader import TokenLoader
+from gpt2repro.distributed import all_reduce_mean, print0
+from gpt2repro.evaluation.val import split_loss
+from gpt2repro.optim import lr_at, set_lr
+from gpt2repro.parallelize import autocast, grad_sync
+from gpt2repro.sampling import SamplingConfig, generate
+from gpt2repro.session import Session, open_session
+
+
+@dataclass
+class TrainState:
+    """Progress of a run; saved in every checkpoint's meta.json."""
+
+    step: int = 0
+    """Optimizer steps completed."""
+    tokens: int = 0
+    """Training tokens consumed, all ranks together."""
+    train_seconds: float = 0.0
+    """Wall time spent in training steps (excludes evaluation and checkpointing)."""
+    best_val_loss: float = math.inf
+    skipped_steps: int = 0
+    """Steps skipped for a non-finite or spiking loss."""
+    bad_streak: int = 0
+    """Consecutive skipped steps, reset by a good one."""
+    recent_losses: list[float] = field(default_factory=list)
+    """Window of recent good losses for spike detection."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    state: TrainState
+    final_val: dict[str, float]
+    stopped_by: str
+    """finished, time_limit, signal or unstable."""
+    checkpoint: Path | None
+
+
+class StopRequest:
+    """Turns SIGTERM/SIGINT into a flag checked between steps, so a checkpoint is written first."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            # Outside the main thread signal() raises ValueError: leave signals alone there.
+            with contextlib.suppress(ValueError):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:  # a second Ctrl-C means now
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train_step(s: Session, loader: TokenLoader, accum: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward/backward over `accum` micro-batches; returns (mean loss, grad norm) as tensors."""
+    total = torch.zeros((), device=s.device)
+    for micro in range(accum):
+        x, y = loader.next_batch()
+        with grad_sync(s.model, sync=micro == accum - 1):
+            with autocast(s.device, s.dtype):
+                loss = s.model(x, y) / accum  # mean over the whole step's tokens
+            s.scaler.scale(loss).backward()
+        total += loss.detach()
+    s.scaler.unscale_(s.optimizer)
+    clip = s.cfg.optim.grad_clip if s.cfg.optim.grad_clip > 0 else math.inf
+    norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), clip)
+    return total, norm
+
+
+def is_bad_step(loss: float, norm: float, state: TrainState, s: Session) -> bool:
+    """Non-finite loss (or gradient, unless the fp16 scaler handles it), or a z-score spike."""
+    if not math.isfinite(loss) or (not math.isfinite(norm) and not s.scaler.is_enabled()):
+        return True
+    z = s.cfg.stability.spike_zscore
+    window = state.recent_losses
+    if z is not None and len(window) >= 20:
+        mean = sum(window) / len(window)
+        std = math.sqrt(sum((v - mean) ** 2 for v in window) / len(window))
+        return loss > mean + z * max(std, 1e-8)
+    return False
+
+
+def apply_step(s: Session, state: TrainState, loss: float, norm: float) -> bool:
+    """Step the optimizer unless the step is bad; returns whether it was applied."""
+    bad = is_bad_step(loss, norm, state, s)
+    if bad:
+        state.skipped_steps += 1
+        state.bad_streak += 1
+    else:
+        s.scaler.step(s.optimizer)
+        state.bad_streak = 0
+        state.recent_losses = [*state.recent_losses[-49:], loss]
+    s.scaler.update()
+    s.optimizer.zero_grad(set_to_none=True)
+    return not bad
+
+
+def save(s: Session, state: TrainState, loader: TokenLoader, name: str | None = None) -> Path:
+    """Write a training checkpoint (rank 0) and keep the newest K."""
+    root = s.run_dir / "checkpoints"
+    path = root / (name or f"step_{state.step:06d}")
+    if s.dist.is_main:
+        meta = {"step": state.step, "train_state": asdict(state), "loader": loader.state_dict()}
+        meta["config"] = json.loads(s.config_json)
+        ckpt.save_train_checkpoint(path, s.model, s.tokenizer, s.optimizer, s.scaler, meta)
+        if name is None:
+            ckpt.prune(root, s.cfg.checkpoint.keep_last)
+    return path
+
+
+def resume(s: Session, loader: TokenLoader, source: Path) -> TrainState:
+    """Restore weights, optimizer, scaler, loader position and RNGs from `source`."""
+    meta = ckpt.read_meta(source)
+    model, _, _ = ckpt.load_model(source, s.device)
+    ckpt.unwrap(s.model).load_state_dict(model.state_dict())
+    train_state = ckpt.load_train_state(source)
+    s.optimizer.load_state_dict(train_state["optimizer"])
+    s.scaler.load_state_dict(train_state["scaler"])
+    ckpt.set_rng_state(train_state["rng"])
+    loader.load_state_dict(meta["loader"])
+    print0(s.dist, f"resumed from {source} at step {meta['step']}")
+    return TrainState(**meta["train_state"])
+
+
+def resume_source(s: Session) -> Path | None:
+    choice = s.cfg.checkpoint.resume
+    if choice == "none":
+        return None
+    if choice == "auto":
+        found = ckpt.step_dirs(s.run_dir / "checkpoints")
+        return found[-1] if found else None
+    return Path(choice)
+
+
+def evaluate(s: Session, state: TrainState) -> dict[str, float]:
+    """Validation loss and bits-per-byte on the fixed token budget; logs and keeps the best."""
+    b = s.cfg.batch
+    result = split_loss(
+        s.model,
+        s.data_dir,
+        "val",
+        b.micro_batch,
+        b.seq_len,
+        s.cfg.eval.val_tokens,
+        s.device,
+        s.dtype,
+        s.dist,
+    )
+    if s.dist.is_main:
+        s.writer.write({"step": state.step, "kind": "val", "tokens": state.tokens, **result})
+        print0(
+            s.dist,
+            f"step {state.step:>6} | val loss {result['loss']:.4f} | val bpb {result['bpb']:.4f}",
+        )
+    return result
+
+
+def write_samples(s: Session, state: TrainState, num: int = 2) -> None:
+    if not s.dist.is_main:
+        return
+    model = ckpt.unwrap(s.model)  # uncompiled: variable-length decoding would recompile each call
+    prompt = s.tokenizer.encode(s.cfg.eval.sample_prompt) or [s.tokenizer.eot_id]
+    idx = torch.tensor([prompt] * num, device=s.device)
+    gen = torch.Generator(device=s.device).manual_seed(s.cfg.run.seed)
+    cfg = SamplingConfig(max_new_tokens=s.cfg.eval.sample_tokens, temperature=0.8, top_k=200)
+    with autocast(s.device, s.dtype):
+        out = generate(model, idx, cfg, generator=gen)
+    with open(s.run_dir / "samples.txt", "a") as f:
+        for row in out.tolist():
+            f.write(f"=== step {state.step} ===\n{s.tokenizer.decode(row)}\n")
+
+
+def log_train(
+    s: Session,
+    state: TrainState,
+    loss: torch.Tensor,
+    norm: torch.Tensor,
+    lr: float,
+    t_log: float,
+    steps: int,
+) -> None:
+    """One line and one JSONL record per log interval (the only host syncs in the loop)."""
+    loss_avg = all_reduce_mean(loss, s.dist).item()
+    dt = max(time.perf_counter() - t_log, 1e-9)
+    tok_s = steps * s.cfg.batch.tokens_per_step / dt
+    mfu = tok_s * s.flops_per_token / s.peak_flops / s.dist.world_size if s.peak_flops else 0.0
+    remaining = (s.cfg.run.max_steps - state.step) * dt / steps
+    rec = {
+        "step": state.step,
+        "kind": "train",
+        "loss": loss_avg,
+        "lr": lr,
+        "grad_norm": float(norm),
+    }
+    rec |= {
+        "tokens": state.tokens,
+        "tokens_per_s": tok_s,
+        "mfu": mfu,
+        "skipped": state.skipped_steps,
+    }
+    rec |= {"mem_gb": s.peak_memory() / 1e9, "eta_s": remaining}
+    if s.dist.is_main:
+        s.writer.write(rec)
+        print(
+            f"step {state.step:>6}/{s.cfg.run.max_steps} | loss {loss_avg:.4f} | lr {lr:.2e} | "
+            f"norm {rec['grad_norm']:.3f} | {tok_s:,.0f} tok/s | mfu {100 * mfu:.1f}% | "
+            f"mem {rec['mem_gb']:.2f} GB | eta {remaining / 60:.1f} min",
+            flush=True,
+        )
+
+
+def due(step: int, interval: int) -> bool:
+    return interval > 0 and step % interval == 0
+
+
+def train(cfg: TrainConfig) -> RunResult:
+    """Train according to `cfg`; returns where everything went."""
+    s = open_session(cfg)
+    c = s.cfg  # the session may adjust it (vocabulary size from the tokenizer)
+    accum = c.grad_accum_steps(s.dist.world_size)
+    loader = TokenLoader(
+        s.data_dir,
+        "train",
+        c.batch.micro_batch,
+        c.batch.seq_len,
+        rank=s.dist.rank,
+        world_size=s.dist.world_size,
+        seed=c.run.seed,
+        device=s.device,
+    )
+    source = resume_source(s)
+    state = resume(s, loader, source) if source is not None else TrainState()
+    if s.dist.is_main:
+        s.writer.truncate_after(state.step)
+    stopped_by, last = "finished", None
+    t_log, steps_since_log = time.perf_counter(), 0
+    with StopRequest() as stop:
+        while state.step < c.run.max_steps:
+            lr = lr_at(state.step, c.optim, c.run.max_steps)
+            set_lr(s.optimizer, lr)
+            t0 = time.perf_counter()
+            loss, norm = train_step(s, loader, accum)
+            apply_step(s, state, loss.item(), norm.item())
+            state.step += 1
+            state.tokens += c.batch.tokens_per_step
+            state.train_seconds += time.perf_counter() - t0
+            steps_since_log += 1
+            if due(state.step, c.log.interval) or state.step == c.run.max_steps:
+                log_train(s, state, loss, norm, lr, t_log, steps_since_log)
+                t_log, steps_since_log = time.perf_counter(), 0
+            if state.bad_streak >= c.stability.max_bad_steps:
+                stopped_by = "unstable"
+                break
+            if due(state.step, c.eval.interval) and state.step < c.run.max_steps:
+                val = evaluate(s, state)
+                if val["loss"] < state.best_val_loss:
+                    state.best_val_loss = val["loss"]
+                    save(s, state, loader, name="best")
+            if due(state.step, c.eval.sample_interval) and state.step < c.run.max_steps:
+                write_samples(s, state)
+            if due(state.step, c.checkpoint.interval):
+                last = save(s, state, loader)
+            if stop.requested:
+                stopped_by = "signal"
+                break
+            if c.run.max_minutes is not None and state.train_seconds > 60 * c.run.max_minutes:
+                stopped_by = "time_limit"
+                break
+        return finish(s, state, loader, stopped_by, last)
+
+
+def finish(
+    s: Session, state: TrainState, loader: TokenLoader, stopped_by: str, last: Path | None
+) -> RunResult:
+    """Final checkpoint, evaluation and samples (skipped for an unstable run: its last good checkpoint stays)."""
+    final_val: dict[str, float] = {}
+    if stopped_by == "unstable":
+        print0(
+            s.dist,
+            f"stopping: {state.bad_streak} consecutive non-finite or spiking steps. "
+            f"The last good checkpoint is {last}; lower optim.lr or raise stability.max_bad_steps.",
+        )
+    else:
+        if last is None or last.name != f"step_{state.step:06d}":
+            last = save(s, state, loader)
+        if stopped_by != "signal":
+            final_val = evaluate(s, state)
+            if final_val["loss"] < state.best_val_loss:
+                state.best_val_loss = final_val["loss"]
+                save(s, state, loader, name="best")
+            write_samples(s, state)
+    loader.close()
+    s.close()
+    return RunResult(s.run_dir, state, final_val, stopped_by, last)
