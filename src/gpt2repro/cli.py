@@ -260,7 +260,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         args_type, run = COMMANDS[name]
         args: object = tyro.cli(args_type, args=rest, prog=f"gpt2repro {name}")
         run(args)
-    except (ValueError, FileNotFoundError, NotADirectoryError, ConnectionError) as e:
+    except (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        NotADirectoryError,
+        ConnectionError,
+    ) as e:
         fail(str(e))
     except KeyboardInterrupt:
         fail("Interrupted.", code=130)

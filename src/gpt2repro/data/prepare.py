@@ -1,0 +1,266 @@
+"""`prepare_dataset`: documents -> tokens -> shards + manifest, in parallel, resumable.
+
+The token stream of a split is `eot doc1 eot doc2 ...`: every document is preceded by
+<|endoftext|>, so each one starts in the same context that `gpt2repro sample` starts
+from. A document goes to validation when its source says so, or else when the hash of its
+key falls below `val_fraction`; if a corpus ends without any validation document, its last
+document becomes one, so even a two-document corpus has both splits. The assignment
+depends only on the keys and their order, never on timing or the number of workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+import gpt2repro
+from gpt2repro.data import manifest as mf
+from gpt2repro.data.shards import token_dtype
+from gpt2repro.data.sources import DEFAULT_VAL_FRACTION, Source, expand_paths, files, shakespeare
+from gpt2repro.data.workers import encode_stream
+from gpt2repro.data.writer import DatasetWriter, TokenizerInfo
+from gpt2repro.tokenizer import load_tokenizer
+
+DATASETS = ("shakespeare", "tinyshakespeare", "tinystories", "openwebtext", "fineweb-edu", "fineweb", "files")
+# Sources that come with their own validation split.
+OWN_SPLIT = ("tinyshakespeare", "tinystories")
+# 100M tokens (200 MB as uint16) per shard, as in llm.c and nanochat's FineWeb shards.
+DEFAULT_SHARD_TOKENS = 100_000_000
+
+
+def default_workers() -> int:
+    """All cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no affinity masks
+        return os.cpu_count() or 1
+
+
+def assign_split(key: str, val_fraction: float) -> str:
+    """'val' for a `val_fraction` share of keys, chosen by a hash: stable across runs and machines."""
+    h = int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "little")
+    return "val" if h < val_fraction * 2**64 else "train"
+
+
+def open_source(
+    dataset: str,
+    paths: Sequence[str] = (),
+    *,
+    text_field: str = "text",
+    txt_separator: str | None = None,
+) -> Source:
+    """The document stream of `dataset`; online ones fail fast when offline."""
+    if dataset == "shakespeare":
+        return shakespeare()
+    if dataset == "files":
+        return files(paths, text_field, txt_separator)
+    from gpt2repro.data import hub  # urllib and friends only for online datasets
+
+    if dataset == "tinyshakespeare":
+        return hub.tiny_shakespeare_source(Path(paths[0]) if paths else None)
+    if dataset in hub.HUB_DATASETS:
+        return hub.hub_source(dataset)
+    raise ValueError(f"Unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}.")
+
+
+def check_request(
+    dataset: str,
+    paths: Sequence[str],
+    out_name: str | None,
+    shard_tokens: int,
+    val_fraction: float | None,
+    workers: int | None,
+) -> list[str]:
+    """Every problem with a prepare request, as messages (empty when it is fine)."""
+    problems = []
+    if dataset not in DATASETS:
+        problems.append(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if dataset == "files":
+        if not paths:
+            problems.append("`files` needs input paths: .txt, .jsonl or .parquet files, folders or globs")
+        if not out_name:
+            problems.append("`files` needs a dataset name: --name NAME")
+    elif dataset == "tinyshakespeare" and len(paths) > 1:
+        problems.append("tinyshakespeare takes at most one path, a local copy of input.txt")
+    elif paths and dataset in DATASETS and dataset != "tinyshakespeare":
+        problems.append(
+            f"{dataset} takes no paths; for local files use `gpt2repro prepare files --name NAME PATHS...`"
+        )
+    if out_name is not None and (not out_name or "/" in out_name or out_name.startswith(".")):
+        problems.append(f"--name {out_name!r} must be a plain folder name")
+    if shard_tokens < 2:
+        problems.append(f"shard_tokens={shard_tokens} must be at least 2")
+    if val_fraction is not None:
+        if dataset in OWN_SPLIT:
+            problems.append(f"{dataset} has its own validation split; leave out --val-fraction")
+        elif not 0 < val_fraction < 1:
+            problems.append(f"val_fraction={val_fraction} must be between 0 and 1 (exclusive)")
+    if workers is not None and workers < 1:
+        problems.append(f"workers={workers} must be at least 1")
+    return problems
+
+
+def prepare_dataset(
+    name: str,
+    data_root: Path,
+    tokenizer_spec: str = "gpt2",
+    *,
+    paths: Sequence[str] = (),
+    out_name: str | None = None,
+    text_field: str = "text",
+    txt_separator: str | None = None,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    val_fraction: float | None = None,
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Prepare dataset `name` under `data_root` and return its directory.
+
+    A complete dataset prepared with the same settings is returned at once (no network, no
+    tokenization); an interrupted one resumes; one prepared with other settings is an
+    error unless `overwrite`. `out_name` names the output folder (required for `files`).
+    """
+    problems = check_request(name, paths, out_name, shard_tokens, val_fraction, workers)
+    if problems:
+        raise ValueError("Cannot prepare: " + "; ".join(problems) + ".")
+    tok = load_tokenizer(tokenizer_spec)
+    inputs = [str(p.resolve()) for p in expand_paths(paths)] if name == "files" else list(paths)
+    if name == "tinyshakespeare":
+        inputs = [str(Path(p).resolve()) for p in paths]
+    settings = {
+        "dataset": name,
+        "inputs": inputs,
+        "text_field": text_field,
+        "txt_separator": txt_separator,
+        "tokenizer": tok.identifier,
+        "vocab_size": tok.vocab_size,
+        "shard_tokens": shard_tokens,
+        "val_fraction": val_fraction if val_fraction is not None else DEFAULT_VAL_FRACTION.get(name),
+        "document_separator": "eot before every document",
+    }
+    out_dir = mf.dataset_dir(Path(data_root), out_name or name, tok.identifier)
+    if overwrite:
+        _remove_dataset(out_dir)
+    elif (out_dir / mf.MANIFEST).is_file():
+        existing = mf.read_manifest(out_dir)
+        if existing.get("settings") != settings:
+            old = existing.get("settings") or {}
+            changed = sorted(k for k in settings if old.get(k) != settings[k])
+            raise ValueError(
+                f"{out_dir} already holds {name} prepared with other settings (different: "
+                f"{', '.join(changed)}). Pass --overwrite to replace it, or --data-dir / --name "
+                f"to prepare it somewhere else."
+            )
+        return out_dir
+    source = open_source(name, paths, text_field=text_field, txt_separator=txt_separator)
+    _write(source, out_dir, tok, settings, workers or default_workers(), progress)
+    return out_dir
+
+
+def _remove_dataset(out_dir: Path) -> None:
+    """Delete what `prepare` writes in `out_dir` (and nothing else)."""
+    if not out_dir.is_dir():
+        return
+    for pattern in ("*.bin", "*.bin.tmp", mf.MANIFEST, mf.PROGRESS, "*.json.tmp"):
+        for path in out_dir.glob(pattern):
+            path.unlink()
+
+
+def _write(
+    source: Source,
+    out_dir: Path,
+    tok: Any,
+    settings: dict[str, Any],
+    workers: int,
+    progress: bool,
+) -> None:
+    info = TokenizerInfo(tok.identifier, tok.spec, tok.vocab_size, tok.eot_id)
+    dtype = token_dtype(tok.vocab_size)
+    val_fraction = settings["val_fraction"]
+    config = {"settings": settings, "source": source.description}
+    writer = DatasetWriter(out_dir, config, info, settings["shard_tokens"], dtype)
+    try:
+        if not writer.complete:
+            start = writer.next_doc
+            docs = itertools.islice(source.documents(), start, None)
+            bar = tqdm(
+                total=source.total_documents,
+                initial=start,
+                unit="doc",
+                desc=f"prepare {out_dir.name}",
+                disable=not progress,
+                dynamic_ncols=True,
+            )
+            t0, tokens = time.perf_counter(), 0
+            index = start
+            # The last document must wait for the next one (or the end of the stream) to
+            # learn whether it is the last: if validation is still empty, it goes there.
+            pending: tuple[int, str | None, str, np.ndarray, int] | None = None
+            for metas, enc in encode_stream(docs, tok.spec, dtype, workers):
+                ends = np.cumsum(enc.lengths)
+                for j, doc in enumerate(metas):
+                    if pending is not None:
+                        _route(writer, pending, val_fraction, last=False)
+                    pending = (index, doc.split, doc.key, enc.tokens[ends[j] - enc.lengths[j] : ends[j]], int(enc.nbytes[j]))
+                    index += 1
+                tokens += len(enc.tokens)
+                bar.update(len(metas))
+                bar.set_postfix_str(f"{tokens / (time.perf_counter() - t0) / 1e6:.2f}M tok/s", refresh=False)
+            if pending is not None:
+                _route(writer, pending, val_fraction, last=True)
+            bar.close()
+            for split in mf.SPLITS:
+                if writer.states[split].documents == 0:
+                    raise ValueError(
+                        f"The {split} split of {source.name} came out empty "
+                        f"({writer.states['train'].documents} train and "
+                        f"{writer.states['val'].documents} val documents). Give it more documents "
+                        f"(at least two) or another --val-fraction, and re-run with --overwrite."
+                    )
+        splits = writer.finish()
+    finally:
+        writer.close()
+    manifest = {
+        "format": mf.FORMAT,
+        "format_version": mf.FORMAT_VERSION,
+        "name": out_dir.name,
+        "source": source.description,
+        "tokenizer": {
+            "identifier": info.identifier,
+            "spec": info.spec,
+            "vocab_size": info.vocab_size,
+            "eot_id": info.eot_id,
+        },
+        "vocab_size": info.vocab_size,
+        "dtype": dtype.name,
+        "settings": settings,
+        "splits": splits,
+        "gpt2repro_version": gpt2repro.__version__,
+    }
+    mf.write_json_atomic(out_dir / mf.MANIFEST, manifest)
+    (out_dir / mf.PROGRESS).unlink()
+
+
+def _route(
+    writer: DatasetWriter,
+    doc: tuple[int, str | None, str, np.ndarray, int],
+    val_fraction: float | None,
+    last: bool,
+) -> None:
+    index, forced, key, tokens, nbytes = doc
+    split = writer.resumed_split(index) or forced
+    if split is None:
+        assert val_fraction is not None, "a source without splits needs a val_fraction"
+        split = assign_split(key, val_fraction)
+        if last and writer.states["val"].documents == 0:
+            split = "val"
+    writer.add(index, split, tokens, nbytes)

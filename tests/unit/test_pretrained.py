@@ -1,0 +1,205 @@
+"""export_hf / load_hf edge cases: layouts, bad inputs, hub failures, atomic writes.
+
+Numeric parity with transformers lives in tests/parity/test_hf_parity.py.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from gpt2repro import pretrained
+from gpt2repro.model import GPT, GPTConfig
+from gpt2repro.presets import tiny
+from gpt2repro.pretrained import export_hf, hf_tokenizer_spec, load_hf
+
+SMALL = replace(tiny(), vocab_size=100)  # fast; padded to 128 rows
+
+
+def small_gpt(config: GPTConfig = SMALL) -> GPT:
+    torch.manual_seed(0)
+    return GPT(config).eval()
+
+
+def assert_same_state(a: GPT, b: GPT) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for name in sa:
+        assert torch.equal(sa[name], sb[name]), name
+
+
+def edit_json(path: Path, **changes: object) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+@pytest.fixture
+def isolated_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """An empty hub cache, so a user's cached gpt2 cannot make the download succeed."""
+    constants = pytest.importorskip("huggingface_hub.constants")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+
+
+@pytest.mark.usefixtures("isolated_hub")
+@pytest.mark.parametrize("source", ["gpt2", "gpt2-xl", "openai-community/gpt2-medium"])
+def test_hub_offline_fails_fast_naming_local_alternative(
+    monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE is set") as info:
+        load_hf(source)
+    assert time.monotonic() - start < 10
+    assert "hf download openai-community/" in str(info.value)
+    assert "config.json model.safetensors --local-dir DIR" in str(info.value)
+    assert "pass that local directory" in str(info.value)
+
+
+@pytest.mark.usefixtures("isolated_hub")
+def test_hub_unreachable_fails_fast_naming_local_alternative(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    constants = pytest.importorskip("huggingface_hub.constants")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: refused
+    start = time.monotonic()
+    with pytest.raises(FileNotFoundError, match="Could not reach the Hugging Face Hub") as info:
+        load_hf("gpt2")
+    assert "pass that local directory" in str(info.value)
+    assert time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize("source", ["gpt3", "does/not-exist"])
+def test_unknown_id_or_missing_dir(source: str) -> None:
+    with pytest.raises(FileNotFoundError, match="not one of the hub ids gpt2, gpt2-medium"):
+        load_hf(source)
+
+
+def test_missing_safetensors_names_found_files(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    (tmp_path / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"missing model\.safetensors.*pytorch_model\.bin"):
+        load_hf(tmp_path)
+
+
+def test_non_gpt2_config_lists_every_problem(tmp_path: Path) -> None:
+    out = export_hf(small_gpt(), tmp_path / "hf")
+    edit_json(out / "config.json", model_type="llama", activation_function="relu", n_inner=7)
+    with pytest.raises(ValueError, match=r"config\.json: not a GPT-2") as info:
+        load_hf(out)
+    for problem in ("model_type is 'llama'", "activation_function is 'relu'", "n_inner is 7"):
+        assert problem in str(info.value)
+
+
+def test_weights_not_matching_config(tmp_path: Path) -> None:
+    out = export_hf(small_gpt(), tmp_path / "hf")
+    edit_json(out / "config.json", n_positions=32)
+    with pytest.raises(ValueError, match=r"transformer\.wpe\.weight is \(64, 64\)"):
+        load_hf(out)
+
+
+def test_corrupt_safetensors(tmp_path: Path) -> None:
+    out = export_hf(small_gpt(), tmp_path / "hf")
+    (out / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match=r"model\.safetensors: unreadable"):
+        load_hf(out)
+
+
+def test_untied_head_is_rejected(tmp_path: Path) -> None:
+    out = export_hf(small_gpt(), tmp_path / "hf")
+    tensors = load_file(out / "model.safetensors")
+    tensors["lm_head.weight"] = torch.randn_like(tensors["transformer.wte.weight"])
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"lm_head\.weight differs"):
+        load_hf(out)
+
+
+def test_openai_hub_layout_without_prefix_and_with_mask_buffers(tmp_path: Path) -> None:
+    model = small_gpt()
+    out = export_hf(model, tmp_path / "hf")
+    T = SMALL.block_size
+    tensors = {
+        k.removeprefix("transformer."): v for k, v in load_file(out / "model.safetensors").items()
+    }
+    for i in range(SMALL.n_layer):  # what old transformers saved alongside the weights
+        tensors[f"h.{i}.attn.bias"] = torch.ones(T, T).tril().view(1, 1, T, T)
+        tensors[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    assert_same_state(model, load_hf(out))
+
+
+def test_bias_false_exports_zero_biases_and_comes_back(tmp_path: Path) -> None:
+    model = small_gpt(replace(SMALL, bias=False))
+    out = export_hf(model, tmp_path / "hf")
+    biases = {k: v for k, v in load_file(out / "model.safetensors").items() if k.endswith("bias")}
+    assert len(biases) == 6 * SMALL.n_layer + 1  # ln_1, c_attn, c_proj, ln_2, c_fc, c_proj; ln_f
+    assert not any(v.any() for v in biases.values())
+    assert not load_hf(out).config.bias
+    # Biases trained elsewhere (say, fine-tuned in transformers) must not be dropped.
+    biases["transformer.ln_f.bias"] += 1.0
+    save_file(load_file(out / "model.safetensors") | biases, out / "model.safetensors")
+    assert load_hf(out).config.bias
+
+
+def test_export_writes_gpt2_config(tmp_path: Path) -> None:
+    config = json.loads((export_hf(small_gpt(), tmp_path / "a") / "config.json").read_text())
+    assert config["vocab_size"] == 100 and config["eos_token_id"] is None
+    assert config["n_positions"] == config["n_ctx"] == SMALL.block_size
+    assert config["model_type"] == "gpt2" and config["activation_function"] == "gelu_new"
+    gpt2_vocab = small_gpt(replace(SMALL, vocab_size=50257))
+    config = json.loads((export_hf(gpt2_vocab, tmp_path / "b") / "config.json").read_text())
+    assert config["vocab_size"] == 50257 and config["eos_token_id"] == 50256
+
+
+def test_export_refuses_non_empty_dir_unless_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "hf"
+    out.mkdir()
+    export_hf(small_gpt(), out)  # empty: fine
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        export_hf(small_gpt(), out)
+    (out / "stale.txt").write_text("from an older export")
+    export_hf(small_gpt(), out, overwrite=True)
+    assert not (out / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+
+def test_failed_export_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def killed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrained, "save_file", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export_hf(small_gpt(), tmp_path / "hf")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_casts_to_requested_dtype(tmp_path: Path) -> None:
+    model = small_gpt().to(torch.bfloat16)
+    out = export_hf(model, tmp_path / "hf")
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    assert load_hf(out).transformer.wte.weight.dtype == torch.float32
+    assert_same_state(model, load_hf(out, dtype=torch.bfloat16))
+
+
+def test_tokenizer_spec_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok/bpe.json").write_text('{"model": "stand-in"}')
+    # A trained tokenizer is copied into the export, so the directory is self-contained.
+    out = export_hf(small_gpt(), tmp_path / "a", "tok/bpe.json")
+    assert json.loads((out / "gpt2repro.json").read_text())["tokenizer"] == "tokenizer.json"
+    assert hf_tokenizer_spec(out) == str(out / "tokenizer.json")
+    assert (out / "tokenizer.json").read_text() == '{"model": "stand-in"}'
+    assert hf_tokenizer_spec(export_hf(small_gpt(), tmp_path / "b")) is None
+    gpt2_vocab = small_gpt(replace(SMALL, vocab_size=50257))
+    assert hf_tokenizer_spec(export_hf(gpt2_vocab, tmp_path / "c")) == "gpt2"
+    assert hf_tokenizer_spec(export_hf(gpt2_vocab, tmp_path / "d", "gpt2")) == "gpt2"
+    assert hf_tokenizer_spec("gpt2-large") == "gpt2"  # no download needed
