@@ -12,7 +12,7 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -200,6 +200,28 @@ def train_bpe(
         error = FileNotFoundError if missing else ValueError
         raise error("Cannot train BPE tokenizer: " + "; ".join(problems) + ".")
 
+    def read_files() -> Iterator[str]:
+        for f in files:
+            yield f.read_text(encoding="utf-8", errors="replace")
+
+    return train_bpe_from_texts(
+        read_files(), vocab_size, out_path, min_frequency=min_frequency, show_progress=show_progress
+    )
+
+
+def train_bpe_from_texts(
+    texts: Iterable[str],
+    vocab_size: int,
+    out_path: Path,
+    *,
+    min_frequency: int = 2,
+    show_progress: bool = True,
+) -> ByteBPETokenizer:
+    """Train a byte-level BPE on a stream of documents, save it to `out_path` (JSON), load it back."""
+    if vocab_size < MIN_BPE_VOCAB_SIZE:
+        raise ValueError(
+            f"vocab_size={vocab_size} is too small; use at least {MIN_BPE_VOCAB_SIZE}."
+        )
     tok = HFTokenizer(models.BPE())
     # The same pre-tokenization as GPT-2 (its regex, no prefix space), so every byte
     # sequence is representable and decode(encode(x)) == x.
@@ -213,7 +235,7 @@ def train_bpe(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         special_tokens=[EOT],
     )
-    tok.train([str(f) for f in files], trainer)
+    tok.train_from_iterator(texts, trainer)
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
