@@ -35,7 +35,7 @@ from gpt2repro.model import GPTConfig
 from gpt2repro.tokenizer import train_bpe
 
 WORDS = (
-    "the king queen lord sword crown night day love death war peace speak hear fair foul".split()
+    ["the", "king", "queen", "lord", "sword", "crown", "night", "day", "love", "death", "war", "peace", "speak", "hear", "fair", "foul"]
 )
 
 

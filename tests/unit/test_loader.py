@@ -28,7 +28,13 @@ def make_dataset(root: Path, lengths: dict[str, list[int]], tokenizer: str = "sy
         shards, start = [], 0
         for i, n in enumerate(sizes):
             name = shard_name(split, i)
-            h = write_shard(root / name, np.arange(start, start + n), vocab_size=VOCAB, eot_id=0, tokenizer=tokenizer)
+            h = write_shard(
+                root / name,
+                np.arange(start, start + n),
+                vocab_size=VOCAB,
+                eot_id=0,
+                tokenizer=tokenizer,
+            )
             shards.append({"file": name, "tokens": n, "crc32": h.crc32})
             start += n
         splits[split] = {"documents": 1, "tokens": start, "bytes": start, "shards": shards}
@@ -106,7 +112,10 @@ def test_ranks_are_disjoint_and_cover_the_epoch(data: Path) -> None:
     # Together they are exactly the epoch a single process would see, in global-batch order.
     with TokenLoader(data, "train", B * W, T, seed=5, prefetch=0) as single:
         assert epoch_windows(single)[: len(union)] == [
-            w for k in range(len(per_rank[0]) // B) for r in range(W) for w in per_rank[r][k * B : (k + 1) * B]
+            w
+            for k in range(len(per_rank[0]) // B)
+            for r in range(W)
+            for w in per_rank[r][k * B : (k + 1) * B]
         ]
 
 
@@ -127,8 +136,11 @@ def test_the_seed_changes_the_order(data: Path) -> None:
 
 
 @pytest.mark.parametrize("prefetch", [0, 1, 3])
-@pytest.mark.parametrize("consumed", [0, 7, 10, 23])  # 10 batches per epoch: mid-epoch, at and past the boundary
-def test_resume_gives_the_identical_batch_sequence(data: Path, prefetch: int, consumed: int) -> None:
+# 10 batches per epoch: from the start, mid-epoch, at and past the epoch boundary.
+@pytest.mark.parametrize("consumed", [0, 7, 10, 23])
+def test_resume_gives_the_identical_batch_sequence(
+    data: Path, prefetch: int, consumed: int
+) -> None:
     with TokenLoader(data, "train", 4, T, seed=11, prefetch=prefetch) as run:
         for _ in range(consumed):
             run.next_batch()
@@ -166,7 +178,10 @@ def test_close_stops_the_prefetch_thread(data: Path) -> None:
 def test_state_from_another_setup_is_refused(data: Path) -> None:
     with TokenLoader(data, "train", 4, T) as loader:
         state = loader.state_dict()
-    with TokenLoader(data, "train", 2, T) as other, pytest.raises(ValueError, match="batch_size 4 -> 2"):
+    with (
+        TokenLoader(data, "train", 2, T) as other,
+        pytest.raises(ValueError, match="batch_size 4 -> 2"),
+    ):
         other.load_state_dict(state)
     with TokenLoader(data, "train", 4, T) as other, pytest.raises(ValueError, match="lacks epoch"):
         other.load_state_dict({"batch": 0})

@@ -76,7 +76,9 @@ def test_uint32_shard_with_a_large_vocabulary(tmp_path: Path) -> None:
     seed=st.integers(0, 2**32 - 1),
     n=st.integers(0, 300),
 )
-def test_any_tokens_round_trip(tmp_path_factory: pytest.TempPathFactory, vocab: int, seed: int, n: int) -> None:
+def test_any_tokens_round_trip(
+    tmp_path_factory: pytest.TempPathFactory, vocab: int, seed: int, n: int
+) -> None:
     tokens = np.random.default_rng(seed).integers(0, vocab, size=n)
     path = tmp_path_factory.mktemp("shards") / "train_000000.bin"
     write_shard(path, tokens, vocab_size=vocab, eot_id=0, tokenizer="t")

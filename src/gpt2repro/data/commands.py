@@ -62,7 +62,7 @@ class VerifyArgs:
 class BenchPrepareArgs:
     """Tokens/s of `prepare` with 1 and 2 workers against tiktoken's batch encoder on one core."""
 
-    repeat: int = 8
+    repeat: int = 16
     """Copies of the Shakespeare corpus (5 MB, 1.6M tokens each) to tokenize."""
     workers: tuple[int, ...] = (1, 2)
     """Worker counts to measure."""

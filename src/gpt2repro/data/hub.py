@@ -44,7 +44,9 @@ class HubDataset:
 
 
 HUB_DATASETS = {
-    "tinystories": HubDataset("roneneldan/TinyStories", None, (("train", "train"), ("validation", "val"))),
+    "tinystories": HubDataset(
+        "roneneldan/TinyStories", None, (("train", "train"), ("validation", "val"))
+    ),
     "openwebtext": HubDataset("Skylion007/openwebtext", None, (("train", None),)),
     "fineweb-edu": HubDataset("HuggingFaceFW/fineweb-edu", "sample-10BT", (("train", None),)),
     "fineweb": HubDataset("HuggingFaceFW/fineweb", "sample-10BT", (("train", None),)),

@@ -151,7 +151,9 @@ class TokenLoader:
         lo = (batch * W + self.rank) * B
         return self.windows.gather(self._permutation(epoch)[lo : lo + B])
 
-    def _produce(self, epoch: int, batch: int, stop: threading.Event, out: queue.Queue[Any]) -> None:
+    def _produce(
+        self, epoch: int, batch: int, stop: threading.Event, out: queue.Queue[Any]
+    ) -> None:
         try:
             while not stop.is_set():
                 x, y = self._make(epoch, batch)
@@ -197,7 +199,12 @@ class TokenLoader:
             if isinstance(item, BaseException):
                 raise item
             epoch, batch, xt, yt = item
-            assert (epoch, batch) == (self._epoch, self._batch), (epoch, batch, self._epoch, self._batch)
+            assert (epoch, batch) == (self._epoch, self._batch), (
+                epoch,
+                batch,
+                self._epoch,
+                self._batch,
+            )
         self._epoch, self._batch = self._advance(self._epoch, self._batch)
         if self.device.type == "cpu":
             return xt, yt
@@ -219,7 +226,9 @@ class TokenLoader:
         """Continue from `state` (from `state_dict()` of any rank of the same setup)."""
         missing = [k for k in STATE_KEYS if k not in state]
         if missing:
-            raise ValueError(f"Loader state lacks {', '.join(missing)}; it is not from TokenLoader.state_dict().")
+            raise ValueError(
+                f"Loader state lacks {', '.join(missing)}; it is not from TokenLoader.state_dict()."
+            )
         mine = self.state_dict()
         changed = [
             f"{k} {state[k]} -> {mine[k]}"
@@ -232,9 +241,15 @@ class TokenLoader:
                 "same batch size, sequence length, world size and dataset, or start a new run."
             )
         if not 0 <= int(state["batch"]) < self.batches_per_epoch or int(state["epoch"]) < 0:
-            raise ValueError(f"Loader state position {state['epoch']}:{state['batch']} is out of range.")
+            raise ValueError(
+                f"Loader state position {state['epoch']}:{state['batch']} is out of range."
+            )
         self.close()
-        self.seed, self._epoch, self._batch = int(state["seed"]), int(state["epoch"]), int(state["batch"])
+        self.seed, self._epoch, self._batch = (
+            int(state["seed"]),
+            int(state["epoch"]),
+            int(state["batch"]),
+        )
         self._perm = None
         self._start()
 

@@ -118,7 +118,9 @@ def read_manifest(data_dir: Path) -> dict[str, Any]:
             continue
         shards = info.get("shards")
         if not isinstance(shards, list) or not all(
-            isinstance(s, dict) and isinstance(s.get("file"), str) and isinstance(s.get("tokens"), int)
+            isinstance(s, dict)
+            and isinstance(s.get("file"), str)
+            and isinstance(s.get("tokens"), int)
             for s in shards
         ):
             problems.append(f"split {split!r} needs a list of shards with file and tokens")

@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from tqdm import tqdm
@@ -27,9 +27,17 @@ from gpt2repro.data.shards import token_dtype
 from gpt2repro.data.sources import DEFAULT_VAL_FRACTION, Source, expand_paths, files, shakespeare
 from gpt2repro.data.workers import encode_stream
 from gpt2repro.data.writer import DatasetWriter, TokenizerInfo
-from gpt2repro.tokenizer import load_tokenizer
+from gpt2repro.tokenizer import Tokenizer, load_tokenizer
 
-DATASETS = ("shakespeare", "tinyshakespeare", "tinystories", "openwebtext", "fineweb-edu", "fineweb", "files")
+DATASETS = (
+    "shakespeare",
+    "tinyshakespeare",
+    "tinystories",
+    "openwebtext",
+    "fineweb-edu",
+    "fineweb",
+    "files",
+)
 # Sources that come with their own validation split.
 OWN_SPLIT = ("tinyshakespeare", "tinystories")
 # 100M tokens (200 MB as uint16) per shard, as in llm.c and nanochat's FineWeb shards.
@@ -85,7 +93,9 @@ def check_request(
         problems.append(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     if dataset == "files":
         if not paths:
-            problems.append("`files` needs input paths: .txt, .jsonl or .parquet files, folders or globs")
+            problems.append(
+                "`files` needs input paths: .txt, .jsonl or .parquet files, folders or globs"
+            )
         if not out_name:
             problems.append("`files` needs a dataset name: --name NAME")
     elif dataset == "tinyshakespeare" and len(paths) > 1:
@@ -144,7 +154,9 @@ def prepare_dataset(
         "tokenizer": tok.identifier,
         "vocab_size": tok.vocab_size,
         "shard_tokens": shard_tokens,
-        "val_fraction": val_fraction if val_fraction is not None else DEFAULT_VAL_FRACTION.get(name),
+        "val_fraction": val_fraction
+        if val_fraction is not None
+        else DEFAULT_VAL_FRACTION.get(name),
         "document_separator": "eot before every document",
     }
     out_dir = mf.dataset_dir(Path(data_root), out_name or name, tok.identifier)
@@ -175,57 +187,32 @@ def _remove_dataset(out_dir: Path) -> None:
             path.unlink()
 
 
+class _Pending(NamedTuple):
+    """A tokenized document waiting for its split."""
+
+    number: int
+    """position in the source stream"""
+    forced_split: str | None
+    key: str
+    tokens: np.ndarray
+    nbytes: int
+
+
 def _write(
     source: Source,
     out_dir: Path,
-    tok: Any,
+    tok: Tokenizer,
     settings: dict[str, Any],
     workers: int,
     progress: bool,
 ) -> None:
     info = TokenizerInfo(tok.identifier, tok.spec, tok.vocab_size, tok.eot_id)
     dtype = token_dtype(tok.vocab_size)
-    val_fraction = settings["val_fraction"]
     config = {"settings": settings, "source": source.description}
     writer = DatasetWriter(out_dir, config, info, settings["shard_tokens"], dtype)
     try:
         if not writer.complete:
-            start = writer.next_doc
-            docs = itertools.islice(source.documents(), start, None)
-            bar = tqdm(
-                total=source.total_documents,
-                initial=start,
-                unit="doc",
-                desc=f"prepare {out_dir.name}",
-                disable=not progress,
-                dynamic_ncols=True,
-            )
-            t0, tokens = time.perf_counter(), 0
-            index = start
-            # The last document must wait for the next one (or the end of the stream) to
-            # learn whether it is the last: if validation is still empty, it goes there.
-            pending: tuple[int, str | None, str, np.ndarray, int] | None = None
-            for metas, enc in encode_stream(docs, tok.spec, dtype, workers):
-                ends = np.cumsum(enc.lengths)
-                for j, doc in enumerate(metas):
-                    if pending is not None:
-                        _route(writer, pending, val_fraction, last=False)
-                    pending = (index, doc.split, doc.key, enc.tokens[ends[j] - enc.lengths[j] : ends[j]], int(enc.nbytes[j]))
-                    index += 1
-                tokens += len(enc.tokens)
-                bar.update(len(metas))
-                bar.set_postfix_str(f"{tokens / (time.perf_counter() - t0) / 1e6:.2f}M tok/s", refresh=False)
-            if pending is not None:
-                _route(writer, pending, val_fraction, last=True)
-            bar.close()
-            for split in mf.SPLITS:
-                if writer.states[split].documents == 0:
-                    raise ValueError(
-                        f"The {split} split of {source.name} came out empty "
-                        f"({writer.states['train'].documents} train and "
-                        f"{writer.states['val'].documents} val documents). Give it more documents "
-                        f"(at least two) or another --val-fraction, and re-run with --overwrite."
-                    )
+            _tokenize(writer, source, tok.spec, settings["val_fraction"], workers, progress)
         splits = writer.finish()
     finally:
         writer.close()
@@ -250,17 +237,59 @@ def _write(
     (out_dir / mf.PROGRESS).unlink()
 
 
-def _route(
+def _tokenize(
     writer: DatasetWriter,
-    doc: tuple[int, str | None, str, np.ndarray, int],
+    source: Source,
+    tokenizer_spec: str,
     val_fraction: float | None,
-    last: bool,
+    workers: int,
+    progress: bool,
 ) -> None:
-    index, forced, key, tokens, nbytes = doc
-    split = writer.resumed_split(index) or forced
+    """Stream the source (from the writer's resume point) through the workers into the writer."""
+    index = writer.next_doc
+    docs = itertools.islice(source.documents(), index, None)
+    bar = tqdm(
+        total=source.total_documents,
+        initial=index,
+        unit="doc",
+        desc=f"prepare {writer.out_dir.name}",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    t0, tokens = time.perf_counter(), 0
+    # A document waits for the next one (or the end of the stream) to learn whether it is
+    # the last: the last one goes to validation if nothing else did.
+    pending: _Pending | None = None
+    for metas, enc in encode_stream(docs, tokenizer_spec, writer.dtype, workers):
+        ends = np.cumsum(enc.lengths)
+        for j, doc in enumerate(metas):
+            if pending is not None:
+                _route(writer, pending, val_fraction, last=False)
+            piece = enc.tokens[ends[j] - enc.lengths[j] : ends[j]]
+            pending = _Pending(index, doc.split, doc.key, piece, int(enc.nbytes[j]))
+            index += 1
+        tokens += len(enc.tokens)
+        bar.update(len(metas))
+        rate = tokens / (time.perf_counter() - t0)
+        bar.set_postfix_str(f"{rate / 1e6:.2f}M tok/s", refresh=False)
+    if pending is not None:
+        _route(writer, pending, val_fraction, last=True)
+    bar.close()
+    counts = {split: writer.states[split].documents for split in mf.SPLITS}
+    for split, n in counts.items():
+        if n == 0:
+            raise ValueError(
+                f"The {split} split of {source.name} came out empty ({counts['train']} train "
+                f"and {counts['val']} val documents). Give it more documents (at least two) or "
+                f"another --val-fraction, and re-run with --overwrite."
+            )
+
+
+def _route(writer: DatasetWriter, doc: _Pending, val_fraction: float | None, last: bool) -> None:
+    split = writer.resumed_split(doc.number) or doc.forced_split
     if split is None:
         assert val_fraction is not None, "a source without splits needs a val_fraction"
-        split = assign_split(key, val_fraction)
+        split = assign_split(doc.key, val_fraction)
         if last and writer.states["val"].documents == 0:
             split = "val"
-    writer.add(index, split, tokens, nbytes)
+    writer.add(doc.number, split, doc.tokens, doc.nbytes)

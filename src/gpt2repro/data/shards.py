@@ -27,6 +27,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -116,10 +117,14 @@ def read_header(path: Path) -> ShardHeader:
     with open(path, "rb") as f:
         raw = f.read(HEADER_SIZE)
     if len(raw) < HEADER_SIZE:
-        raise ShardFormatError(path, f"only {size} bytes, shorter than the {HEADER_SIZE}-byte header")
+        raise ShardFormatError(
+            path, f"only {size} bytes, shorter than the {HEADER_SIZE}-byte header"
+        )
     magic, version, itemsize, count, vocab, crc, eot, name = _HEADER.unpack_from(raw)
     if magic != SHARD_MAGIC:
-        raise ShardFormatError(path, f"not a gpt2repro shard (magic {magic!r}, want {SHARD_MAGIC!r})")
+        raise ShardFormatError(
+            path, f"not a gpt2repro shard (magic {magic!r}, want {SHARD_MAGIC!r})"
+        )
     if version != FORMAT_VERSION:
         raise ShardFormatError(
             path, f"shard format version {version}; this gpt2repro reads version {FORMAT_VERSION}"
@@ -143,7 +148,7 @@ def read_header(path: Path) -> ShardHeader:
     return header
 
 
-def read_tokens(path: Path) -> tuple[ShardHeader, np.memmap]:
+def read_tokens(path: Path) -> tuple[ShardHeader, np.ndarray]:
     """Header and a read-only memory map of the tokens of the shard at `path`."""
     header = read_header(path)
     if header.count == 0:
@@ -151,7 +156,9 @@ def read_tokens(path: Path) -> tuple[ShardHeader, np.memmap]:
         return header, np.memmap(path, dtype=np.uint8, mode="r", shape=(HEADER_SIZE,))[:0].view(
             header.dtype
         )
-    tokens = np.memmap(path, dtype=header.dtype, mode="r", offset=HEADER_SIZE, shape=(header.count,))
+    tokens = np.memmap(
+        path, dtype=header.dtype, mode="r", offset=HEADER_SIZE, shape=(header.count,)
+    )
     return header, tokens
 
 
@@ -184,6 +191,7 @@ class ShardBuilder:
         self.capacity = capacity
         self.count = 0
         self.crc = 0
+        self._file: BinaryIO
         if keep == 0:
             # The file stays open across append() calls until finish()/close().
             self._file = open(self.tmp, "wb")  # noqa: SIM115
@@ -214,8 +222,8 @@ class ShardBuilder:
         """Write as many of `tokens` as fit; return how many were taken."""
         take = min(len(tokens), self.free)
         if take:
-            data = np.ascontiguousarray(tokens[:take], dtype=self.dtype)
-            self._file.write(memoryview(data).cast("B"))
+            data = np.ascontiguousarray(tokens[:take], dtype=self.dtype).data
+            self._file.write(data)
             self.crc = zlib.crc32(data, self.crc)
             self.count += take
         return take
@@ -268,12 +276,3 @@ def write_shard(
         builder.close()
     commit(Path(path))
     return header
-
-
-def checksum(tokens: np.ndarray) -> int:
-    """CRC-32 of token bytes in blocks, so a memory map is never copied whole."""
-    crc = 0
-    block = 1 << 24
-    for start in range(0, len(tokens), block):
-        crc = zlib.crc32(np.ascontiguousarray(tokens[start : start + block]), crc)
-    return crc

@@ -150,7 +150,9 @@ def _jsonl_documents(path: Path, key: str, text_field: str) -> Iterator[Document
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not a JSON object ({e.msg}); fix or remove the line.") from e
+                raise ValueError(
+                    f"{where}: not a JSON object ({e.msg}); fix or remove the line."
+                ) from e
             if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
                 keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__
                 raise ValueError(
@@ -197,20 +199,24 @@ def expand_paths(patterns: Sequence[str]) -> list[Path]:
         )
     found: list[Path] = []
     problems = []
+    missing = 0  # problems that are absent files (the rest are files we cannot read)
     for pattern in patterns:
         if glob.has_magic(pattern):
             matches = [Path(p) for p in sorted(glob.glob(pattern, recursive=True))]
             matches = [p for p in matches if p.is_file()]
             if not matches:
                 problems.append(f"{pattern!r} matches no files")
+                missing += 1
         elif Path(pattern).is_dir():
             matches = sorted(p for p in Path(pattern).rglob("*") if p.suffix in FILE_SUFFIXES)
             if not matches:
                 problems.append(f"directory {pattern} holds no {', '.join(FILE_SUFFIXES)} files")
+                missing += 1
         elif Path(pattern).is_file():
             matches = [Path(pattern)]
         else:
             problems.append(f"{pattern}: no such file or directory")
+            missing += 1
             matches = []
         for path in matches:
             if path.suffix not in FILE_SUFFIXES:
@@ -218,7 +224,7 @@ def expand_paths(patterns: Sequence[str]) -> list[Path]:
             elif path not in found:
                 found.append(path)
     if problems:
-        error = FileNotFoundError if not found else ValueError
+        error = FileNotFoundError if missing == len(problems) else ValueError
         raise error("Bad input paths: " + "; ".join(problems) + ".")
     return found
 

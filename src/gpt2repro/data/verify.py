@@ -26,14 +26,16 @@ def _scan(tokens: np.ndarray, eot_id: int) -> tuple[int, int, int]:
     """(max token, number of eot tokens, crc32) of a shard, reading it block by block."""
     top, eots, crc = -1, 0, 0
     for start in range(0, len(tokens), _BLOCK):
-        block = np.ascontiguousarray(tokens[start : start + _BLOCK])
+        block = np.ascontiguousarray(tokens[start : start + _BLOCK])  # one copy per block
         top = max(top, int(block.max()))
         eots += int(np.count_nonzero(block == eot_id))
-        crc = zlib.crc32(block, crc)
+        crc = zlib.crc32(block.data, crc)
     return top, eots, crc
 
 
-def _check_shard(path: Path, entry: dict[str, Any], tok: dict[str, Any], dtype: str) -> tuple[list[str], int]:
+def _check_shard(
+    path: Path, entry: dict[str, Any], tok: dict[str, Any], dtype: str
+) -> tuple[list[str], int]:
     """Problems with one shard, and its number of eot tokens."""
     try:
         header = read_header(path)

@@ -57,6 +57,14 @@ class TokenizerInfo:
     eot_id: int
 
 
+def _changed(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the entries that differ between two nested dicts."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return [prefix.rstrip(".") or "everything"] if old != new else []
+    keys = sorted(set(old) | set(new))
+    return [c for k in keys for c in _changed(old.get(k), new.get(k), f"{prefix}{k}.")]
+
+
 class DatasetWriter:
     """Appends documents, in source order, to the shards of `out_dir`; see the module docstring."""
 
@@ -109,7 +117,7 @@ class DatasetWriter:
             if saved.get("version") != PROGRESS_VERSION:
                 raise ValueError(f"progress format {saved.get('version')}")
             if saved["config"] != self.config:
-                changed = sorted(k for k in self.config if saved["config"].get(k) != self.config[k])
+                changed = _changed(saved["config"], self.config)
                 raise ValueError(
                     f"{self.out_dir} holds an interrupted preparation with other settings "
                     f"(different: {', '.join(changed) or 'format'}). Re-run it with the same "
@@ -166,7 +174,9 @@ class DatasetWriter:
         builder = self.builders[split]
         header = builder.finish(self.tok.vocab_size, self.tok.eot_id, self.tok.identifier)
         state = self.states[split]
-        state.shards.append({"file": builder.path.name, "tokens": header.count, "crc32": header.crc32})
+        state.shards.append(
+            {"file": builder.path.name, "tokens": header.count, "crc32": header.crc32}
+        )
         for other, b in self.builders.items():
             if other != split:
                 b.sync()
@@ -199,8 +209,14 @@ class DatasetWriter:
             finished = []
             for split, builder in self.builders.items():
                 if builder.count:
-                    header = builder.finish(self.tok.vocab_size, self.tok.eot_id, self.tok.identifier)
-                    entry = {"file": builder.path.name, "tokens": header.count, "crc32": header.crc32}
+                    header = builder.finish(
+                        self.tok.vocab_size, self.tok.eot_id, self.tok.identifier
+                    )
+                    entry = {
+                        "file": builder.path.name,
+                        "tokens": header.count,
+                        "crc32": header.crc32,
+                    }
                     self.states[split].shards.append(entry)
                     finished.append(builder.path)
                 else:
