@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/gpt2repro sample init:tiny --max-new-tokens 64 --num-samples 2 "$@"
+exec .venv/bin/gpt2repro train "$@"

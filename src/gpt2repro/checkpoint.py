@@ -145,7 +145,7 @@ def load_model(
 
 def rng_state() -> dict[str, Any]:
     """Every random generator that training touches, as plain containers and tensors."""
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = np.random.get_state(legacy=True)  # type: ignore[assignment]
     state: dict[str, Any] = {
         "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
         "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],

@@ -16,6 +16,15 @@ from typing import Annotated
 
 import tyro
 
+from gpt2repro.data.commands import (
+    BenchPrepareArgs,
+    PrepareArgs,
+    VerifyArgs,
+    run_bench_prepare,
+    run_prepare,
+    run_verify,
+)
+
 
 @dataclass
 class SampleArgs:
@@ -214,11 +223,14 @@ def run_bench_sample(args: BenchSampleArgs) -> None:
 
 Command = tuple[type, Callable[..., None]]
 COMMANDS: dict[str, Command] = {
+    "prepare": (PrepareArgs, run_prepare),
+    "data verify": (VerifyArgs, run_verify),
     "sample": (SampleArgs, run_sample),
     "export": (ExportArgs, run_export),
     "tokenizer train": (TokenizerTrainArgs, run_tokenizer_train),
     "tokenizer encode": (TokenizerEncodeArgs, run_tokenizer_encode),
     "bench sample": (BenchSampleArgs, run_bench_sample),
+    "bench prepare": (BenchPrepareArgs, run_bench_prepare),
 }
 
 

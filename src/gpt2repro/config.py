@@ -74,7 +74,7 @@ class RunConfig:
     max_minutes: float | None = None
     """Stop (with a checkpoint and final evaluation) after this much training time."""
     dtype: str = "auto"
-    """auto (bf16 on CUDA with bf16 support, fp16 on older GPUs, fp32 on CPU), fp32, bf16 or fp16."""
+    """auto (bf16 on CUDA with bf16 support, fp16 on older GPUs; on CPU bf16 where native, else fp32), fp32, bf16 or fp16."""
     compile: bool | None = None
     """torch.compile the model (None: on for CUDA, off on CPU)."""
     device: str = "auto"

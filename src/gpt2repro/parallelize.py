@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -17,15 +18,24 @@ from gpt2repro.distributed import DistInfo
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: be conservative
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def resolve_dtype(name: str, device: torch.device) -> str:
-    """`auto`: bf16 on CUDA that supports it, fp16 on older GPUs, fp32 on CPU."""
+    """`auto`: bf16 on CUDA that supports it, fp16 on older GPUs; on CPU bf16 where native, else fp32."""
     if name != "auto":
         if name == "fp16" and device.type != "cuda":
             raise ValueError("run.dtype=fp16 needs a CUDA GPU; on CPU use fp32 or bf16.")
         return name
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
+    return "bf16" if cpu_has_bf16() else "fp32"
 
 
 def configure_backends(device: torch.device) -> None:

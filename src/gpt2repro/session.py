@@ -73,7 +73,7 @@ def _git_revision() -> str | None:
 
 def environment_record(device: torch.device, dist: DistInfo) -> dict[str, Any]:
     """Code version, package versions and hardware, written next to every run's metrics."""
-    packages = {}
+    packages: dict[str, str | None] = {}
     for name in ("gpt2repro", "torch", "numpy", "tiktoken", "tokenizers", "safetensors"):
         try:
             packages[name] = metadata.version(name)

@@ -37,7 +37,9 @@ def assert_user_error(code: int, err: str, *needles: str) -> None:
 def test_console_script_and_module_entry_points() -> None:
     args = ["sample", "init:tiny", "--max-new-tokens", "8", "--seed", "3"]
     a = subprocess.run([sys.executable, "-m", "gpt2repro", *args], capture_output=True, text=True)
-    b = subprocess.run([Path(sys.executable).with_name("gpt2repro"), *args], capture_output=True, text=True)
+    b = subprocess.run(
+        [Path(sys.executable).with_name("gpt2repro"), *args], capture_output=True, text=True
+    )
     assert a.returncode == 0, a.stderr
     assert a.stdout == b.stdout and "--- sample 1/1 ---" in a.stdout
 
@@ -56,7 +58,9 @@ def test_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and "sample" in out and "tokenizer train" in out
 
 
-def test_bad_inputs_give_one_clear_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_inputs_give_one_clear_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     text_file = tmp_path / "notes.txt"
     text_file.write_text("not a model")
     cases = [
@@ -80,14 +84,18 @@ def test_unknown_option_exits_nonzero(capsys: pytest.CaptureFixture[str]) -> Non
     assert code != 0 and "Traceback" not in out + err and "--bogus" in out + err
 
 
-def test_sample_from_checkpoint_and_vocab_mismatch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_sample_from_checkpoint_and_vocab_mismatch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 200)
     tok = train_bpe([corpus], 300, tmp_path / "tok.json", show_progress=False)
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=32)
     ckpt = save_checkpoint(tmp_path / "ckpt", GPT(cfg), tok, meta={"step": 0})
-    code, out, err = run_cli(["sample", str(ckpt), "--prompt", "the quick", "--max-new-tokens", "5"], capsys)
+    code, out, err = run_cli(
+        ["sample", str(ckpt), "--prompt", "the quick", "--max-new-tokens", "5"], capsys
+    )
     assert code == 0, err
     assert out.splitlines()[1].startswith("the quick")
     code, _, err = run_cli(["sample", str(ckpt), "--tokenizer", "gpt2"], capsys)
@@ -98,7 +106,9 @@ def test_tokenizer_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("to be or not to be, that is the question\n" * 100)
     out_file = tmp_path / "bpe.json"
-    code, out, err = run_cli(["tokenizer", "train", str(corpus), "--vocab-size", "280", "--out", str(out_file)], capsys)
+    code, out, err = run_cli(
+        ["tokenizer", "train", str(corpus), "--vocab-size", "280", "--out", str(out_file)], capsys
+    )
     assert code == 0, err
     assert out_file.is_file() and load_tokenizer(str(out_file)).vocab_size <= 280
     code, out, _ = run_cli(["tokenizer", "encode", "Hello world"], capsys)
@@ -107,7 +117,9 @@ def test_tokenizer_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert json.loads(out) == [50256]
 
 
-def test_export_command_writes_hf_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_command_writes_hf_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, _, err = run_cli(["export", "init:tiny", str(tmp_path / "hf")], capsys)
     assert code == 0, err
     assert (tmp_path / "hf" / "config.json").is_file()

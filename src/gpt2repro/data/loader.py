@@ -139,8 +139,11 @@ class TokenLoader:
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if self._perm is None or self._perm[0] != epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            self._perm = (epoch, rng.permutation(self.windows.total))
+            # int32 halves the permutation's memory (10B tokens / T=1024: 40 MB, not 80).
+            dtype = np.int32 if self.windows.total < 2**31 else np.int64
+            perm = np.arange(self.windows.total, dtype=dtype)
+            np.random.default_rng([self.seed, epoch]).shuffle(perm)
+            self._perm = (epoch, perm)
         return self._perm[1]
 
     def _advance(self, epoch: int, batch: int) -> tuple[int, int]:

@@ -10,11 +10,13 @@ depends only on the keys and their order, never on timing or the number of worke
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import itertools
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -143,8 +145,9 @@ def prepare_dataset(
     if problems:
         raise ValueError("Cannot prepare: " + "; ".join(problems) + ".")
     tok = load_tokenizer(tokenizer_spec)
-    inputs = [str(p.resolve()) for p in expand_paths(paths)] if name == "files" else list(paths)
-    if name == "tinyshakespeare":
+    if name == "files":
+        inputs = [str(p.resolve()) for p in expand_paths(paths)]
+    else:
         inputs = [str(Path(p).resolve()) for p in paths]
     settings = {
         "dataset": name,
@@ -154,28 +157,54 @@ def prepare_dataset(
         "tokenizer": tok.identifier,
         "vocab_size": tok.vocab_size,
         "shard_tokens": shard_tokens,
-        "val_fraction": val_fraction
-        if val_fraction is not None
-        else DEFAULT_VAL_FRACTION.get(name),
+        "val_fraction": DEFAULT_VAL_FRACTION.get(name) if val_fraction is None else val_fraction,
         "document_separator": "eot before every document",
     }
     out_dir = mf.dataset_dir(Path(data_root), out_name or name, tok.identifier)
-    if overwrite:
-        _remove_dataset(out_dir)
-    elif (out_dir / mf.MANIFEST).is_file():
-        existing = mf.read_manifest(out_dir)
-        if existing.get("settings") != settings:
-            old = existing.get("settings") or {}
-            changed = sorted(k for k in settings if old.get(k) != settings[k])
-            raise ValueError(
-                f"{out_dir} already holds {name} prepared with other settings (different: "
-                f"{', '.join(changed)}). Pass --overwrite to replace it, or --data-dir / --name "
-                f"to prepare it somewhere else."
-            )
+    if not overwrite and _is_complete(out_dir, settings):
         return out_dir
+    # Opened before anything is created, so an offline source fails leaving no trace.
     source = open_source(name, paths, text_field=text_field, txt_separator=txt_separator)
-    _write(source, out_dir, tok, settings, workers or default_workers(), progress)
+    with _exclusive(out_dir, progress):
+        if overwrite:
+            _remove_dataset(out_dir)
+        elif _is_complete(out_dir, settings):  # another process finished it while we waited
+            return out_dir
+        _write(source, out_dir, tok, settings, workers or default_workers(), progress)
     return out_dir
+
+
+def _is_complete(out_dir: Path, settings: dict[str, Any]) -> bool:
+    """True if `out_dir` holds a finished dataset with `settings`; an error if other settings."""
+    if not (out_dir / mf.MANIFEST).is_file():
+        return False
+    old = mf.read_manifest(out_dir).get("settings") or {}
+    if old != settings:
+        changed = sorted(k for k in settings if old.get(k) != settings[k])
+        raise ValueError(
+            f"{out_dir} already holds {settings['dataset']} prepared with other settings "
+            f"(different: {', '.join(changed)}). Pass --overwrite to replace it, or "
+            f"--data-dir / --name to prepare it somewhere else."
+        )
+    return True
+
+
+@contextlib.contextmanager
+def _exclusive(out_dir: Path, progress: bool) -> Iterator[None]:
+    """Hold `<out_dir>/.prepare.lock`, so concurrent prepares (e.g. from every DDP rank)
+    of one dataset run one after the other instead of writing the same files at once."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".prepare.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if progress:
+                tqdm.write(f"Waiting for another `prepare` of {out_dir} to finish...")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _remove_dataset(out_dir: Path) -> None:

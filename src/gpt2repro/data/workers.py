@@ -1,9 +1,9 @@
 """Tokenize a document stream in parallel worker processes, returning results in order.
 
 Documents are grouped into tasks of about `TASK_CHARS` characters. With one worker the
-tasks run in this process; with more, in a `spawn` pool (safe even when the caller has
-threads or CUDA). At most `2 * workers + 2` tasks are in flight, so memory stays flat
-however large the corpus: `multiprocessing.Pool.imap` would read the whole input ahead.
+tasks run in this process; with more, in a `spawn` process pool (safe even when the caller
+has threads or CUDA). At most `2 * workers + 2` tasks are in flight, so memory stays flat
+however large the corpus (`multiprocessing.Pool.imap` would read the whole input ahead).
 
 Each document comes back as `[eot] + tokens(document)`, already in the shard dtype, with
 its token count and its UTF-8 byte count.
@@ -14,12 +14,16 @@ from __future__ import annotations
 import collections
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from multiprocessing.pool import AsyncResult
 
 import numpy as np
 
+from gpt2repro import assets
 from gpt2repro.data.sources import Document
 from gpt2repro.tokenizer import GPT2Tokenizer, Tokenizer, load_tokenizer
 
@@ -77,8 +81,18 @@ _worker_tokenizer: Tokenizer | None = None
 _worker_dtype: np.dtype | None = None
 
 
-def _init_worker(spec: str, dtype: str) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """End this worker once its parent is gone (reparented), e.g. after a SIGKILL."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _init_worker(spec: str, dtype: str, parent: int) -> None:
     global _worker_tokenizer, _worker_dtype
+    # A killed parent closes nothing these workers wait on (each holds both ends of the
+    # pool's queues), so without a watchdog they would wait forever as orphans.
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     # One core per worker: Hugging Face tokenizers would otherwise start a thread pool
     # in each process and oversubscribe the machine.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -126,25 +140,43 @@ def encode_stream(
         for metas, texts in tasks:
             yield metas, encode_documents(tok, texts, dtype)
         return
-    ctx = multiprocessing.get_context("spawn")
-    pool = ctx.Pool(workers, _init_worker, (tokenizer_spec, np.dtype(dtype).str))
-    pending: collections.deque[tuple[list[Document], AsyncResult[Encoded]]] = collections.deque()
-    max_pending = 2 * workers + 2
-    finished = False
+    if tokenizer_spec == "gpt2":
+        assets.fetch(assets.GPT2_RANKS)  # on a fresh machine: download once, not per worker
+    # ProcessPoolExecutor, not multiprocessing.Pool: when a worker dies (out of memory,
+    # killed), Pool silently replaces it and loses its task, so the caller waits forever;
+    # the executor fails every pending task at once instead.
+    pool = ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(tokenizer_spec, np.dtype(dtype).str, os.getpid()),
+    )
     try:
-        for metas, texts in tasks:
-            pending.append((metas, pool.apply_async(_encode_task, (texts,))))
-            del texts
-            while len(pending) >= max_pending:
-                head, result = pending.popleft()
-                yield head, result.get()
-        while pending:
-            head, result = pending.popleft()
-            yield head, result.get()
-        finished = True
+        yield from _in_order(pool, tasks, max_pending=2 * workers + 2)
+    except BrokenProcessPool as e:
+        raise ChildProcessError(
+            "A tokenizer worker process died (out of memory, or killed). Re-run the same "
+            "command to resume from the last finished shard, with fewer --workers if memory "
+            "is short."
+        ) from e
     finally:
-        if finished:
-            pool.close()
-        else:
-            pool.terminate()  # an error or an abandoned generator: stop work nobody will read
-        pool.join()
+        # Normally nothing is left; after an error or an abandoned stream, drop queued work.
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _in_order(
+    pool: ProcessPoolExecutor,
+    tasks: Iterator[tuple[list[Document], list[str]]],
+    max_pending: int,
+) -> Iterator[tuple[list[Document], Encoded]]:
+    """Results in submission order, with at most `max_pending` tasks submitted ahead."""
+    pending: collections.deque[tuple[list[Document], Future[Encoded]]] = collections.deque()
+    for metas, texts in tasks:
+        pending.append((metas, pool.submit(_encode_task, texts)))
+        del texts
+        while len(pending) >= max_pending:
+            head, future = pending.popleft()
+            yield head, future.result()
+    while pending:
+        head, future = pending.popleft()
+        yield head, future.result()

@@ -29,6 +29,7 @@ from gpt2repro.data.shards import (
 )
 
 PROGRESS_VERSION = 1
+_REDO = "Pass --overwrite (overwrite=True) to start this dataset over."
 
 
 @dataclass
@@ -93,13 +94,18 @@ class DatasetWriter:
             self._load(progress)
         else:
             self._clean()
-        self.builders = {
-            split: ShardBuilder(
-                self._path(split, len(state.shards)), self.dtype, shard_tokens, state.tmp_tokens
-            )
-            for split, state in self.states.items()
-            if not self.complete
-        }
+        self.builders: dict[str, ShardBuilder] = {}
+        for split, state in self.states.items():
+            if self.complete:
+                break
+            path = self._path(split, len(state.shards))
+            try:
+                self.builders[split] = ShardBuilder(
+                    path, self.dtype, shard_tokens, state.tmp_tokens
+                )
+            except ValueError as e:
+                self.close()
+                raise ValueError(f"Cannot resume: {e} {_REDO}") from e
 
     def _path(self, split: str, index: int) -> Path:
         return self.out_dir / shard_name(split, index)
@@ -111,7 +117,6 @@ class DatasetWriter:
                 path.unlink()
 
     def _load(self, path: Path) -> None:
-        redo = "Pass --overwrite (overwrite=True) to start this dataset over."
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))
             if saved.get("version") != PROGRESS_VERSION:
@@ -121,7 +126,7 @@ class DatasetWriter:
                 raise ValueError(
                     f"{self.out_dir} holds an interrupted preparation with other settings "
                     f"(different: {', '.join(changed) or 'format'}). Re-run it with the same "
-                    f"settings to resume it, or start over. {redo}"
+                    f"settings to resume it, or start over. {_REDO}"
                 )
             self.states = {s: SplitState(**saved["splits"][s]) for s in SPLITS}
             self.next_doc = int(saved["next_doc"])
@@ -129,24 +134,24 @@ class DatasetWriter:
             self.doc_split = saved["doc_split"]
             self.complete = bool(saved["complete"])
         except (KeyError, TypeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: unreadable checkpoint ({e}). {redo}") from e
+            raise ValueError(f"{path}: unreadable checkpoint ({e}). {_REDO}") from e
         for split, state in self.states.items():
             for index, entry in enumerate(state.shards):
-                self._recover_shard(self._path(split, index), entry, redo)
+                self._recover_shard(self._path(split, index), entry)
             # Shards past the checkpoint cannot exist (they are renamed only after it).
             for stale in self.out_dir.glob(f"{split}_*.bin"):
                 if stale.name not in {entry["file"] for entry in state.shards}:
                     stale.unlink()
 
-    def _recover_shard(self, path: Path, entry: dict[str, Any], redo: str) -> None:
+    def _recover_shard(self, path: Path, entry: dict[str, Any]) -> None:
         """A checkpointed shard exists, or its finished .tmp still awaits the rename."""
         source = path if path.is_file() else tmp_path(path)
         try:
             header = read_header(source)
         except (ShardFormatError, FileNotFoundError) as e:
-            raise ValueError(f"Cannot resume: {e}. {redo}") from e
+            raise ValueError(f"Cannot resume: {e}. {_REDO}") from e
         if header.count != entry["tokens"] or header.crc32 != entry["crc32"]:
-            raise ValueError(f"Cannot resume: {source} does not match {PROGRESS}. {redo}")
+            raise ValueError(f"Cannot resume: {source} does not match {PROGRESS}. {_REDO}")
         if source != path:
             commit(path)
 
