@@ -160,6 +160,60 @@ def run_train(argv: list[str]) -> None:
         raise SystemExit(143)
 
 
+@dataclass
+class BenchShakespeareArgs:
+    """The default run against nanoGPT's character-level CPU recipe in the same wall time."""
+
+    out_root: Path = Path("runs_out/bench_shakespeare")
+    """Where both runs write their run directories."""
+    out: Path | None = None
+    """Also write the result as JSON here."""
+
+
+def run_bench_shakespeare(args: BenchShakespeareArgs) -> None:
+    from gpt2repro.bench import bench_shakespeare, report
+
+    report(bench_shakespeare(args.out_root), args.out)
+
+
+@dataclass
+class BenchPeakArgs:
+    """This machine's matmul FLOP/s per dtype and memory-copy bandwidth."""
+
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    out: Path | None = None
+    """Also write the result as JSON here."""
+
+
+@dataclass
+class BenchTrainArgs:
+    """Training-step throughput, MFU, memory and spread per precision and compile setting."""
+
+    shapes: tuple[str, ...] = ("124m", "shakespeare_cpu")
+    """Model shapes to time: 124m (T=1024) and/or shakespeare_cpu."""
+    steps: int = 5
+    """Timed steps per variant (after warm-up); the median is reported."""
+    compile: bool = True
+    """Also time torch.compile variants."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    out: Path | None = None
+    """Also write the result as JSON here."""
+
+
+def run_bench_peak(args: BenchPeakArgs) -> None:
+    from gpt2repro.bench import bench_peak, report
+
+    report(bench_peak(args.device), args.out)
+
+
+def run_bench_train(args: BenchTrainArgs) -> None:
+    from gpt2repro.bench import bench_train, report
+
+    report(bench_train(list(args.shapes), args.steps, args.device, args.compile), args.out)
+
+
 def run_sample(args: SampleArgs) -> None:
     import torch
 
@@ -229,8 +283,11 @@ COMMANDS: dict[str, Command] = {
     "export": (ExportArgs, run_export),
     "tokenizer train": (TokenizerTrainArgs, run_tokenizer_train),
     "tokenizer encode": (TokenizerEncodeArgs, run_tokenizer_encode),
+    "bench peak": (BenchPeakArgs, run_bench_peak),
+    "bench train": (BenchTrainArgs, run_bench_train),
     "bench sample": (BenchSampleArgs, run_bench_sample),
     "bench prepare": (BenchPrepareArgs, run_bench_prepare),
+    "bench shakespeare": (BenchShakespeareArgs, run_bench_shakespeare),
 }
 
 

@@ -192,6 +192,29 @@ def shakespeare_cpu() -> TrainConfig:
     )
 
 
+def shakespeare_char_baseline() -> TrainConfig:
+    """nanoGPT's published CPU recipe for Shakespeare, as the default run's yardstick.
+
+    From nanoGPT's README ("I only have a macbook"): character level, 4 layers, 4 heads,
+    128 wide, block 64, batch 12, 2,000 iterations with lr 1e-3 decayed to 1e-4 over them,
+    100 warmup, beta2 0.99, no dropout, fp32, no compile. Bytes stand in for characters here
+    (a 258-entry byte-level vocabulary: 256 bytes, end-of-text and one merge). The bench
+    `gpt2repro bench shakespeare` stretches `run.max_steps` to the default run's wall time.
+    """
+    return TrainConfig(
+        model=GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=258, bias=False),
+        data=DataConfig(dataset="shakespeare", tokenizer="train:258"),
+        optim=OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99),
+        batch=BatchConfig(tokens_per_step=12 * 64, micro_batch=12, seq_len=64),
+        run=RunConfig(
+            max_steps=2_000, dtype="fp32", out_dir=Path("runs_out/shakespeare_char_baseline")
+        ),
+        eval=EvalConfig(interval=500, val_tokens=128 * 1024, sample_interval=0, sample_tokens=100),
+        checkpoint=CheckpointConfig(interval=0),
+        log=LogConfig(interval=50),
+    )
+
+
 TRAIN_PRESETS: dict[str, Callable[[], TrainConfig]] = {
     f.__name__: f
     for f in (
@@ -204,6 +227,7 @@ TRAIN_PRESETS: dict[str, Callable[[], TrainConfig]] = {
         gpt2_350m,
         gpt2_774m,
         gpt2_1558m,
+        shakespeare_char_baseline,
     )
 }
 DEFAULT_TRAIN_PRESET = "shakespeare_cpu"
