@@ -24,6 +24,7 @@ from gpt2repro.data.commands import (
     run_prepare,
     run_verify,
 )
+from gpt2repro.evaluation.commands import CardArgs, EvalArgs, PlotArgs, run_card, run_eval, run_plot
 
 
 @dataclass
@@ -279,6 +280,9 @@ Command = tuple[type, Callable[..., None]]
 COMMANDS: dict[str, Command] = {
     "prepare": (PrepareArgs, run_prepare),
     "data verify": (VerifyArgs, run_verify),
+    "eval": (EvalArgs, run_eval),
+    "plot": (PlotArgs, run_plot),
+    "card": (CardArgs, run_card),
     "sample": (SampleArgs, run_sample),
     "export": (ExportArgs, run_export),
     "tokenizer train": (TokenizerTrainArgs, run_tokenizer_train),

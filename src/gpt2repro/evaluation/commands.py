@@ -1,0 +1,269 @@
+"""Arguments and entry points of `gpt2repro eval`, `gpt2repro plot` and `gpt2repro card`.
+
+Each `*Args` dataclass is parsed by tyro in `gpt2repro.cli` (field docstrings become
+--help); each `run_*` function raises ValueError / FileNotFoundError / ConnectionError for
+user mistakes and prints a short summary on success.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import tyro
+
+from gpt2repro.evaluation.report import (
+    default_results_path,
+    format_table,
+    task_entry,
+    write_results,
+)
+
+LM_EVAL_PREFIX = "lm_eval:"
+DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class EvalArgs:
+    """Evaluate a model: validation loss / perplexity / bits per byte, HellaSwag, lm-evaluation-harness tasks."""
+
+    model: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="MODEL")]
+    """Checkpoint directory, exported Hugging Face directory, hub id (gpt2, gpt2-medium, ...) or init:PRESET."""
+    tasks: tuple[str, ...] = ("hellaswag",)
+    """val (needs --data), hellaswag, or lm_eval:TASK for a harness task or group, e.g. lm_eval:gpt2_zeroshot (the GPT-2 paper's table) or lm_eval:lambada_openai."""
+    data: str | None = None
+    """For val: a prepared dataset folder (holding manifest.json), or its name under --data-root; prepared with the model's tokenizer."""
+    data_root: Path = Path("data")
+    """Folder of prepared datasets, where --data NAME is looked up."""
+    split: str = "val"
+    """Split of --data to evaluate."""
+    val_tokens: int | None = 10_485_760
+    """Token budget for val (fixed, so runs compare; the training default); None: the whole split."""
+    seq_len: int | None = None
+    """Sequence length for val (default: the model's context, at most 1024)."""
+    hellaswag_path: Path | None = None
+    """Local hellaswag_val.jsonl (default: downloaded from rowanz/hellaswag on GitHub and cached)."""
+    limit: int | None = None
+    """Only the first N examples of HellaSwag and of each lm-eval task (a quick look, not a result)."""
+    batch_size: int = 8
+    """Sequences (val, lm-eval) or examples (HellaSwag, 4 rows each) per forward pass."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    dtype: str = "auto"
+    """auto (bf16 on capable hardware, else fp32), fp32, bf16 or fp16."""
+    compile: bool = False
+    """torch.compile the model for val and HellaSwag."""
+    tokenizer: str | None = None
+    """Override the model's tokenizer: gpt2 or a tokenizer .json file."""
+    bootstrap_iters: int = 1000
+    """Bootstrap resamples for lm-eval's perplexity standard errors (0: none)."""
+    out: Path | None = None
+    """Results JSON (default: eval_results.json in the model's directory; for hub ids ./eval_results/)."""
+    seed: int = 1337
+    """Seed for init:PRESET models."""
+
+
+@dataclass
+class PlotArgs:
+    """Plot loss (against steps and tokens) and HellaSwag of one or more runs, with GPT-2 / GPT-3 reference lines."""
+
+    run_dirs: Annotated[tuple[Path, ...], tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
+    """Run directories written by `gpt2repro train` (several are overlaid)."""
+    out_dir: Path | None = None
+    """Where the PNGs go (default: the run directory for one run, ./plots for several)."""
+    references: str = "auto"
+    """Reference lines: auto (loss lines only for runs on that dataset with GPT-2's tokenizer), all or none."""
+
+
+@dataclass
+class CardArgs:
+    """Write a Hugging Face model card (README.md) next to an export of a checkpoint."""
+
+    checkpoint: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="CHECKPOINT")]
+    """Checkpoint directory (or an exported Hugging Face directory)."""
+    export_dir: Path | None = None
+    """Exported model folder; exported here first unless it holds one (default: CHECKPOINT-hf)."""
+    name: str | None = None
+    """Model name in the card (default: the run directory's name)."""
+    license: str = "mit"
+    """License identifier for the card's metadata."""
+
+
+def _check_eval_args(args: EvalArgs) -> None:
+    """Every bad argument in one error."""
+    problems = []
+    for task in args.tasks:
+        if task not in ("val", "hellaswag") and not (
+            task.startswith(LM_EVAL_PREFIX) and len(task) > len(LM_EVAL_PREFIX)
+        ):
+            problems.append(f"unknown task {task!r} (use val, hellaswag or lm_eval:TASK)")
+    if not args.tasks:
+        problems.append("no tasks given (use --tasks val hellaswag lm_eval:TASK ...)")
+    if "val" in args.tasks and args.data is None:
+        problems.append("the val task needs --data, a dataset folder from `gpt2repro prepare`")
+    for name in ("limit", "val_tokens", "seq_len"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            problems.append(f"--{name.replace('_', '-')} {value} must be at least 1")
+    if args.batch_size < 1:
+        problems.append(f"--batch-size {args.batch_size} must be at least 1")
+    if args.dtype not in DTYPE_CHOICES:
+        problems.append(f"--dtype {args.dtype} must be one of {', '.join(DTYPE_CHOICES)}")
+    if args.bootstrap_iters < 0:
+        problems.append(f"--bootstrap-iters {args.bootstrap_iters} must be 0 or more")
+    if problems:
+        raise ValueError("Cannot evaluate: " + "; ".join(problems) + ".")
+
+
+def run_eval(args: EvalArgs) -> dict[str, dict[str, Any]]:
+    """Evaluate, print a table and write (merge) the results JSON; returns the new entries."""
+    import torch
+
+    from gpt2repro.distributed import init_distributed, shutdown
+    from gpt2repro.loading import load_source
+    from gpt2repro.parallelize import configure_backends, resolve_dtype
+    from gpt2repro.runtime import resolve_device, seed_everything
+
+    _check_eval_args(args)
+    device = resolve_device(args.device)
+    dist = init_distributed(device)  # under torchrun: val and HellaSwag split across ranks
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    dtype = resolve_dtype(args.dtype, device)
+    configure_backends(device)
+    seed_everything(args.seed)
+    loaded = load_source(args.model, device, args.tokenizer)
+    model: torch.nn.Module = loaded.model.eval()
+    if args.compile:
+        model = torch.compile(model)  # type: ignore[assignment]
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        if "val" in args.tasks:
+            results |= _val(args, model, loaded.tokenizer, device, dtype, dist)
+        if "hellaswag" in args.tasks:
+            results |= _hellaswag(args, model, loaded.tokenizer, device, dtype, dist)
+        lm_tasks = [
+            t.removeprefix(LM_EVAL_PREFIX) for t in args.tasks if t.startswith(LM_EVAL_PREFIX)
+        ]
+        if lm_tasks and dist.is_main:  # the harness runs as one process
+            results |= _lm_eval(args, loaded, lm_tasks, device, dtype)
+    finally:
+        shutdown()
+    if dist.is_main:
+        print(format_table(results))
+        path = args.out or default_results_path(args.model)
+        write_results(path, results, _model_record(args.model, loaded))
+        print(f"wrote {path}")
+    return results
+
+
+def _val(args: EvalArgs, model: Any, tok: Any, device: Any, dtype: str, dist: Any) -> dict:
+    from gpt2repro.data.commands import resolve_dataset
+    from gpt2repro.data.loader import read_manifest
+    from gpt2repro.evaluation.val import split_loss
+
+    assert args.data is not None
+    data = resolve_dataset(args.data, args.data_root, tok.spec)
+    manifest = read_manifest(data)
+    ident = manifest["tokenizer"]["identifier"]
+    if ident != tok.identifier:
+        raise ValueError(
+            f"{data} was tokenized with {ident!r}, but the model uses {tok.identifier!r}. "
+            f"Prepare the same text with the model's tokenizer (`gpt2repro prepare ... "
+            f"--tokenizer {tok.spec}`) and compare models by bits per byte."
+        )
+    block = _block_size(model)
+    seq_len = args.seq_len or min(block, 1024)
+    if seq_len > block:
+        raise ValueError(f"--seq-len {seq_len} exceeds the model's context of {block} tokens.")
+    r = split_loss(
+        model, data, args.split, args.batch_size, seq_len, args.val_tokens, device, dtype, dist
+    )
+    split = manifest["splits"][args.split]
+    info = {"seq_len": seq_len, "split_tokens": split["tokens"], "split_bytes": split["bytes"]}
+    metrics = {k: float(r[k]) for k in ("loss", "ppl", "bpb")}
+    name = f"val:{data.resolve().name}/{args.split}"
+    return {name: task_entry(metrics, samples=int(r["tokens"]), info=info)}
+
+
+def _hellaswag(args: EvalArgs, model: Any, tok: Any, device: Any, dtype: str, dist: Any) -> dict:
+    from gpt2repro.evaluation.hellaswag import (
+        METRICS,
+        VAL_EXAMPLES,
+        hellaswag_eval,
+        load_examples,
+    )
+
+    examples = load_examples(args.hellaswag_path, args.limit)
+    r = hellaswag_eval(model, examples, tok, device, dtype, dist, args.batch_size)
+    metrics = {m: r[m] for m in METRICS}
+    stderr = {m: r[f"{m}_stderr"] for m in METRICS}
+    # Only the full validation set compares with the published numbers (0.2955 for GPT-2 124M).
+    info = {"style": "completion (llm.c)", "full_validation_set": r["n"] == VAL_EXAMPLES}
+    return {"hellaswag": task_entry(metrics, stderr, int(r["n"]), info)}
+
+
+def _lm_eval(args: EvalArgs, loaded: Any, tasks: list[str], device: Any, dtype: str) -> dict:
+    try:
+        from gpt2repro.evaluation.harness import GPT2ReproLM, run_tasks
+    except ImportError as e:
+        raise ValueError(
+            f"lm_eval: tasks need lm-evaluation-harness ({e}). Install it with "
+            "`pip install 'gpt2repro[eval]'`."
+        ) from e
+    from gpt2repro.evaluation.report import from_lm_eval
+
+    lm = GPT2ReproLM(
+        model=loaded.model,
+        tokenizer=loaded.tokenizer,
+        device=str(device),
+        dtype=dtype,
+        batch_size=args.batch_size,
+    )
+    lm.source = args.model
+    output = run_tasks(lm, tasks, limit=args.limit, bootstrap_iters=args.bootstrap_iters)
+    return from_lm_eval(output)
+
+
+def _block_size(model: Any) -> int:
+    from gpt2repro.checkpoint import unwrap
+
+    return unwrap(model).config.block_size
+
+
+def _model_record(source: str, loaded: Any) -> dict[str, Any]:
+    """What was evaluated: source, size, shape, tokenizer, and training progress for checkpoints."""
+    from gpt2repro import checkpoint as ckpt
+
+    record: dict[str, Any] = {
+        "source": source,
+        "parameters": loaded.model.num_params(),
+        "config": asdict(loaded.model.config),
+        "tokenizer": loaded.tokenizer.identifier,
+    }
+    path = Path(source)
+    if path.is_dir() and ckpt.is_checkpoint(path):
+        meta = ckpt.read_meta(path)
+        record |= {"step": meta.get("step"), "tokens": meta.get("train_state", {}).get("tokens")}
+    return record
+
+
+def run_plot(args: PlotArgs) -> list[Path]:
+    from gpt2repro.plot import plot_runs
+
+    if not args.run_dirs:
+        raise ValueError("Pass at least one run directory.")
+    out_dir = args.out_dir or (args.run_dirs[0] if len(args.run_dirs) == 1 else Path("plots"))
+    written = plot_runs(list(args.run_dirs), out_dir, args.references)
+    for path in written:
+        print(f"wrote {path}")
+    return written
+
+
+def run_card(args: CardArgs) -> Path:
+    from gpt2repro.card import write_card
+
+    readme = write_card(args.checkpoint, args.export_dir, args.name, args.license)
+    print(f"wrote {readme}")
+    return readme

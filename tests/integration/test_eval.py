@@ -1,0 +1,182 @@
+"""`gpt2repro eval`: validation metrics against a direct computation, HellaSwag and lm-eval tasks, one JSON file."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpt2repro.checkpoint import save_checkpoint
+from gpt2repro.data.manifest import read_manifest, split_shards
+from gpt2repro.data.prepare import prepare_dataset
+from gpt2repro.data.shards import read_tokens
+from gpt2repro.evaluation.commands import EvalArgs, run_eval
+from gpt2repro.model import GPT, GPTConfig
+from gpt2repro.tokenizer import GPT2Tokenizer
+
+WORDS = ["river", "stone", "light", "winter", "garden", "voice", "paper", "window", "morning"]
+HELLASWAG = [
+    {
+        "ind": 1, "activity_label": "Baking cookies", "ctx_a": "A woman mixes flour and butter in a bowl.",
+        "ctx_b": "she", "ctx": "A woman mixes flour and butter in a bowl. she", "split": "val",
+        "split_type": "indomain", "label": 2,
+        "endings": ["throws the bowl at the wall.", "paints the oven blue.",
+                    "rolls the dough into small balls.", "goes swimming in the lake."],
+        "source_id": "activitynet~v_abc",
+    },
+    {
+        "ind": 2, "activity_label": "Home and Garden", "ctx_a": "[header] How to water a cactus [title] Check the soil.",
+        "ctx_b": "", "ctx": "[header] How to water a cactus [title] Check the soil.", "split": "val",
+        "split_type": "zeroshot", "label": 0,
+        "endings": ["[step] Water only when the soil is completely dry.", "[step] Sing to it loudly.",
+                    "[title] Buy a new car.", "[step] Freeze the cactus overnight."],
+        "source_id": "wikihow~123",
+    },
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50257, block_size=64, n_layer=2, n_head=2, n_embd=32))
+    path = tmp_path_factory.mktemp("run") / "checkpoints" / "step_000010"
+    meta = {"step": 10, "train_state": {"tokens": 20480}}
+    return save_checkpoint(path, model, GPT2Tokenizer(), meta)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        words = rng.choice(WORDS, size=60)
+        (root / f"doc_{i:02d}.txt").write_text(" ".join(words) + ".\n", encoding="utf-8")
+    return prepare_dataset(
+        "files", root.parent / "data", paths=[str(root)], out_name="words", val_fraction=0.5,
+        workers=1, progress=False,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def hellaswag_file(tmp_path: Path) -> Path:
+    path = tmp_path / "hellaswag_val.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in HELLASWAG), encoding="utf-8")
+    return path
+
+
+def direct_val_loss(checkpoint: Path, dataset: Path, seq_len: int) -> float:
+    """Mean next-token loss over every non-overlapping (seq_len + 1)-token window of each val shard."""
+    from gpt2repro.checkpoint import load_model
+
+    model, _, _ = load_model(checkpoint)
+    total, count = 0.0, 0
+    for shard in split_shards(read_manifest(dataset), dataset, "val"):
+        _, tokens = read_tokens(shard)
+        n = (len(tokens) - 1) // seq_len
+        for i in range(n):
+            window = torch.from_numpy(
+                tokens[i * seq_len : i * seq_len + seq_len + 1].astype(np.int64)
+            )
+            with torch.no_grad():
+                logits = model(window[None, :-1])[0]
+            total += F.cross_entropy(logits, window[1:], reduction="sum").item()
+            count += seq_len
+    return total / count
+
+
+def test_val_and_hellaswag_results_go_next_to_the_checkpoint(
+    checkpoint: Path, dataset: Path, hellaswag_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = EvalArgs(
+        str(checkpoint), tasks=("val", "hellaswag"), data="words", data_root=dataset.parent,
+        val_tokens=None, seq_len=32,
+        hellaswag_path=hellaswag_file, device="cpu", dtype="fp32", batch_size=4,
+    )  # fmt: skip
+    results = run_eval(args)
+    out = capsys.readouterr().out
+    assert "val:words/val" in out and "hellaswag" in out and "acc_norm" in out and "lower" in out
+
+    saved = json.loads((checkpoint / "eval_results.json").read_text())
+    assert saved["model"]["step"] == 10 and saved["model"]["tokenizer"] == "gpt2"
+    assert saved["results"].keys() == results.keys() == {"val:words/val", "hellaswag"}
+    val = saved["results"]["val:words/val"]
+    loss = val["metrics"]["loss"]
+    assert loss == pytest.approx(direct_val_loss(checkpoint, dataset, 32), rel=1e-5)
+    split = read_manifest(dataset)["splits"]["val"]
+    assert val["metrics"]["ppl"] == pytest.approx(math.exp(loss))
+    # Bits per byte from the manifest's byte count: comparable across tokenizers.
+    bpb = loss / math.log(2) * split["tokens"] / split["bytes"]
+    assert val["metrics"]["bpb"] == pytest.approx(bpb)
+    assert val["higher_is_better"] == {"loss": False, "ppl": False, "bpb": False}
+    hs = saved["results"]["hellaswag"]
+    assert hs["samples"] == 2 and set(hs["metrics"]) == {"acc", "acc_norm", "acc_bytes"}
+    assert set(hs["stderr"]) == {"acc", "acc_norm", "acc_bytes"}
+
+    # A later run adds to the same file.
+    run_eval(
+        EvalArgs(
+            str(checkpoint),
+            tasks=("hellaswag",),
+            hellaswag_path=hellaswag_file,
+            limit=1,
+            device="cpu",
+        )
+    )
+    again = json.loads((checkpoint / "eval_results.json").read_text())
+    assert again["results"].keys() == {"val:words/val", "hellaswag"}
+    assert again["results"]["hellaswag"]["samples"] == 1
+
+
+def test_lm_eval_tasks_run_through_the_harness(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("lm_eval")
+    from gpt2repro.evaluation import harness
+
+    real = harness.task_manager  # without indexing the whole harness (~10 s)
+    monkeypatch.setattr(harness, "task_manager", lambda: real(include_defaults=False))
+    data = tmp_path / "tiny.jsonl"
+    data.write_text(json.dumps({"text": "The river carried the silver stone"}) + "\n")
+    task = tmp_path / "tiny_lambada.yaml"
+    task.write_text(
+        f"task: tiny_lambada\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+        f"  cache_dir: {tmp_path / 'cache'}\noutput_type: loglikelihood\ntest_split: test\n"
+        "doc_to_text: \"{{text.split(' ')[:-1]|join(' ')}}\"\n"
+        "doc_to_target: \"{{' '+text.split(' ')[-1]}}\"\nmetric_list:\n  - metric: acc\n"
+    )
+    out = tmp_path / "results.json"
+    results = run_eval(EvalArgs(str(checkpoint), tasks=(f"lm_eval:{task}",), device="cpu", out=out))
+    assert results["lm_eval:tiny_lambada"]["metrics"] == {"acc": 0.0}
+    assert json.loads(out.read_text())["results"]["lm_eval:tiny_lambada"]["samples"] == 1
+
+
+def test_bad_arguments_are_reported_together(checkpoint: Path, dataset: Path) -> None:
+    args = EvalArgs(str(checkpoint), tasks=("val", "mmlu"), limit=0, dtype="fp8")
+    with pytest.raises(ValueError) as err:
+        run_eval(args)
+    for needle in ("unknown task 'mmlu'", "needs --data", "--limit 0", "--dtype fp8"):
+        assert needle in str(err.value)
+
+
+def test_val_refuses_a_dataset_of_another_tokenizer(checkpoint: Path, tmp_path: Path) -> None:
+    from gpt2repro.tokenizer import train_bpe
+
+    texts = []
+    for i in range(10):
+        texts.append(tmp_path / "docs" / f"{i}.txt")
+        texts[-1].parent.mkdir(exist_ok=True)
+        texts[-1].write_text(" ".join(WORDS[i % 3 :] * 20), encoding="utf-8")
+    tok = train_bpe(texts, 300, tmp_path / "bpe.json", show_progress=False)
+    data = prepare_dataset(
+        "files", tmp_path / "data", tok.spec, paths=[str(tmp_path / "docs")], out_name="bpe",
+        val_fraction=0.5, workers=1, progress=False,
+    )  # fmt: skip
+    with pytest.raises(
+        ValueError, match=r"was tokenized with 'bpe-\w+', but the model uses 'gpt2'"
+    ):
+        run_eval(EvalArgs(str(checkpoint), tasks=("val",), data=str(data), device="cpu"))
