@@ -12,4 +12,8 @@ fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/pip install --quiet --disable-pip-version-check "$TORCH_SPEC"
 fi
-.venv/bin/pip install --quiet --disable-pip-version-check -e ".[dev]"
+# Hold torch at the installed build so no dependency can swap it for a CUDA download.
+constraints="$(mktemp)"
+.venv/bin/python -c "import torch; print('torch==' + torch.__version__)" > "$constraints"
+.venv/bin/pip install --quiet --disable-pip-version-check -c "$constraints" -e ".[dev]"
+rm -f "$constraints"
