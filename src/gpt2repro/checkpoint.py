@@ -9,10 +9,16 @@ Layout of one checkpoint (a directory):
 
 The directory is assembled under a temporary name and renamed into place, so a
 killed process never leaves a directory that looks like a valid checkpoint.
+
+Several ranks: rank 0 writes everything, after gathering what only the others hold (FSDP
+shards of weights and optimizer state, every rank's RNG state), so a checkpoint is the
+same single-process directory whatever wrote it. Resuming, every rank reads it (it must be
+on a filesystem all nodes see) and keeps its own shard.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -26,7 +32,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from gpt2repro.distributed import DistInfo, gather_objects
 from gpt2repro.model import GPT, GPTConfig
+from gpt2repro.parallelize import full_tensor, is_dtensor, shard_like
 from gpt2repro.tokenizer import Tokenizer, load_tokenizer
 
 FORMAT_VERSION = 1
@@ -51,6 +59,19 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in sd.items() if k != TIED_KEY}
 
 
+def gather_model_state(model: torch.nn.Module, keep: bool) -> dict[str, torch.Tensor]:
+    """`model_state` with FSDP shards gathered, on the CPU where `keep` (rank 0), else {}.
+
+    A collective under FSDP: every rank calls it. One tensor is whole at a time.
+    """
+    out = {}
+    for key, value in model_state(model).items():
+        whole = full_tensor(value)
+        if keep:
+            out[key] = whole.cpu()
+    return out
+
+
 def is_checkpoint(path: Path) -> bool:
     return (path / META).is_file() and (path / WEIGHTS).is_file()
 
@@ -61,17 +82,19 @@ def save_checkpoint(
     tokenizer: Tokenizer,
     meta: dict[str, Any] | None = None,
     extra_files: dict[str, Any] | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a checkpoint directory at `path` atomically; returns `path`.
 
     `extra_files` maps file names to callables `fn(path)` that write further files
     (optimizer state, loader state) into the directory before it is published.
+    `weights` replaces `model_state(model)` (for weights gathered from FSDP shards).
     """
     gpt = unwrap(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        save_file(model_state(gpt), str(tmp / WEIGHTS))
+        save_file(model_state(gpt) if weights is None else weights, str(tmp / WEIGHTS))
         tok_spec = tokenizer.spec
         if tok_spec != "gpt2":
             shutil.copyfile(tok_spec, tmp / "tokenizer.json")
@@ -130,14 +153,45 @@ def load_model(
         model = GPT(config)
     model.to_empty(device=device)
     state = load_file(str(path / WEIGHTS), device=str(device))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or set(missing) - {TIED_KEY}:
-        raise ValueError(
-            f"{path / WEIGHTS}: weights do not fit the stored config "
-            f"(missing {sorted(set(missing) - {TIED_KEY})}, unexpected {sorted(unexpected)})."
-        )
+    _check_keys(path, state, model)
+    model.load_state_dict(state, strict=False)
     model.lm_head.weight = model.transformer.wte.weight  # to_empty() broke the tie
     return model, checkpoint_tokenizer(path, meta), meta
+
+
+def _check_keys(path: Path, state: dict[str, torch.Tensor], model: GPT) -> None:
+    expected = set(model.state_dict()) - {TIED_KEY}
+    missing, unexpected = expected - set(state), set(state) - expected
+    if missing or unexpected:
+        raise ValueError(
+            f"{path / WEIGHTS}: weights do not fit the model "
+            f"(missing {sorted(missing)}, unexpected {sorted(unexpected)})."
+        )
+
+
+def restore_weights(path: Path, model: torch.nn.Module) -> None:
+    """Load checkpoint `path`'s weights into `model` as trained (compiled, DDP or FSDP).
+
+    Under FSDP every rank reads the full weights and keeps its shard (a collective).
+    """
+    meta = read_meta(path)
+    gpt = unwrap(model)
+    stored, mine = meta["model_config"], asdict(gpt.config)
+    changed = [
+        f"{k} {stored.get(k)} -> {mine[k]}"
+        for k in mine
+        if k != "dropout" and stored.get(k) != mine[k]
+    ]
+    if changed:
+        raise ValueError(
+            f"{path}: the checkpoint's model differs from this run's ({', '.join(changed)}). "
+            f"Resume with the model settings it was trained with."
+        )
+    state = load_file(str(path / WEIGHTS))
+    _check_keys(path, state, gpt)
+    state[TIED_KEY] = state["transformer.wte.weight"]
+    local = gpt.state_dict()
+    gpt.load_state_dict({k: shard_like(state[k], v) for k, v in local.items()})
 
 
 # ---- training state: optimizer, scaler, loader position and every RNG ----
@@ -166,6 +220,57 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _flat_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Parameters in the order of the integer keys of `optimizer.state_dict()`."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def gather_optimizer_state(optimizer: torch.optim.Optimizer, keep: bool) -> dict[str, Any]:
+    """`optimizer.state_dict()` with FSDP shards gathered (on the CPU) where `keep`, else {}.
+
+    The result has the single-process layout, so any world size and mode can load it.
+    A collective under FSDP: every rank walks the state in the same (sorted) order.
+    """
+    sd = optimizer.state_dict()
+    state: dict[int, dict[str, Any]] = {}
+    for pid in sorted(sd["state"]):
+        entry = sd["state"][pid]
+        state[pid] = {}
+        for key in sorted(entry):
+            value = entry[key]
+            if is_dtensor(value):
+                value = full_tensor(value).cpu()
+            state[pid][key] = value
+    return {"state": state, "param_groups": sd["param_groups"]} if keep else {}
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, sd: dict[str, Any]) -> None:
+    """Load a single-process-layout optimizer state, cutting each tensor like its parameter."""
+    params = _flat_params(optimizer)
+    state: dict[int, dict[str, Any]] = {}
+    for pid in sorted(sd["state"]):
+        p = params[pid]
+        state[pid] = {
+            key: shard_like(v, p) if isinstance(v, torch.Tensor) and v.shape == p.shape else v
+            for key, v in sorted(sd["state"][pid].items())
+        }
+    optimizer.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
+
+
+def gather_rng_states(dist: DistInfo) -> list[dict[str, Any]]:
+    """Every rank's `rng_state()` on rank 0 (others get []), a collective.
+
+    Sent as torch.save bytes and read back with weights_only=True: pickled tensors do not
+    survive all_gather_object on every torch version.
+    """
+    buf = io.BytesIO()
+    torch.save(rng_state(), buf)
+    blobs = gather_objects(buf.getvalue(), dist)
+    if not dist.is_main:
+        return []
+    return [torch.load(io.BytesIO(b), weights_only=True) for b in blobs]
+
+
 def save_train_checkpoint(
     path: Path,
     model: torch.nn.Module,
@@ -173,24 +278,28 @@ def save_train_checkpoint(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     meta: dict[str, Any],
+    dist: DistInfo | None = None,
 ) -> Path:
     """A checkpoint that resumes exactly: weights plus optimizer, scaler and RNG states.
 
-    `meta` must be JSON-serialisable (train state, loader state, config).
+    `meta` must be JSON-serialisable (train state, loader state, config). With several
+    ranks every rank calls this (the gathers are collective) and rank 0 writes.
     """
+    dist = dist or DistInfo()
+    weights = gather_model_state(model, keep=dist.is_main)
+    optim = gather_optimizer_state(optimizer, keep=dist.is_main)
+    rngs = gather_rng_states(dist)
+    if not dist.is_main:
+        return path
 
     def write_state(p: Path) -> None:
-        torch.save(
-            {
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": rng_state(),
-            },
-            p,
-        )
+        state: dict[str, Any] = {"optimizer": optim, "scaler": scaler.state_dict(), "rng": rngs[0]}
+        if dist.enabled:
+            state["rng_per_rank"] = rngs  # dropout masks differ per rank, so do the generators
+        torch.save(state, p)
 
     return save_checkpoint(
-        path, model, tokenizer, meta=meta, extra_files={TRAIN_STATE: write_state}
+        path, model, tokenizer, meta=meta, extra_files={TRAIN_STATE: write_state}, weights=weights
     )
 
 
@@ -201,6 +310,31 @@ def load_train_state(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: has weights but no {TRAIN_STATE}; it cannot resume training.")
     state: dict[str, Any] = torch.load(file, map_location="cpu", weights_only=True)
     return state
+
+
+def restore_train_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    dist: DistInfo | None = None,
+) -> dict[str, Any]:
+    """Load weights, optimizer, scaler and this rank's RNG states; returns meta.json.
+
+    Every rank calls this (restoring FSDP shards is collective).
+    """
+    dist = dist or DistInfo()
+    meta = read_meta(path)
+    restore_weights(path, model)
+    state = load_train_state(path)
+    restore_optimizer(optimizer, state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    per_rank = state.get("rng_per_rank")
+    if per_rank is not None and len(per_rank) == dist.world_size:
+        set_rng_state(per_rank[dist.rank])
+    else:
+        set_rng_state(state["rng"])
+    return meta
 
 
 def step_dirs(ckpt_root: Path) -> list[Path]:

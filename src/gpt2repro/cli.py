@@ -276,7 +276,7 @@ def run_bench_sample(args: BenchSampleArgs) -> None:
     report(bench_sample(args.model, args.new_tokens, args.prompt_tokens, args.device), args.out)
 
 
-Command = tuple[type, Callable[..., None]]
+Command = tuple[type, Callable[..., object]]
 COMMANDS: dict[str, Command] = {
     "prepare": (PrepareArgs, run_prepare),
     "data verify": (VerifyArgs, run_verify),

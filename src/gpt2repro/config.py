@@ -79,6 +79,8 @@ class RunConfig:
     """torch.compile the model (None: on for CUDA, off on CPU)."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
+    parallel: str = "ddp"
+    """With several processes: ddp (a full replica per rank) or fsdp (weights, gradients and optimizer state sharded across ranks, for models too large to replicate)."""
     seed: int = 1337
     """Seed for initialisation, data order and sampling."""
     out_dir: Path = Path("runs_out/default")

@@ -1,21 +1,31 @@
-"""Everything applied to the model from outside: precision, torch.compile, DDP.
+"""Everything applied to the model from outside: precision, torch.compile, DDP, FSDP.
 
 model.py stays plain torch.nn; this module decides how it runs on the hardware.
+
+`run.parallel = "ddp"` keeps a full replica of the model and optimizer on every rank and
+all-reduces gradients; `"fsdp"` (FSDP2, `torch.distributed.fsdp.fully_shard`) shards
+parameters, gradients and optimizer state across ranks, each transformer block its own
+unit, and gathers a block's weights just before it runs. Both give the same numbers as
+one process with the whole batch (tests/distributed).
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gpt2repro.distributed import DistInfo
+from gpt2repro.model import GPT
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PARALLEL = ("ddp", "fsdp")
 
 
 def cpu_has_bf16() -> bool:
@@ -38,6 +48,17 @@ def resolve_dtype(name: str, device: torch.device) -> str:
     return "bf16" if cpu_has_bf16() else "fp32"
 
 
+def check_parallel(parallel: str, dtype: str) -> None:
+    """Raise ValueError for an unknown mode, or FSDP with fp16 (needs a sharded grad scaler)."""
+    if parallel not in PARALLEL:
+        raise ValueError(f"run.parallel={parallel!r}: use one of {', '.join(PARALLEL)}.")
+    if parallel == "fsdp" and dtype == "fp16":
+        raise ValueError(
+            "run.parallel=fsdp with fp16 is not supported (its loss scaling would need every "
+            "rank's overflow check). Use --run.dtype bf16 (GPUs since A100) or fp32, or run.parallel=ddp."
+        )
+
+
 def configure_backends(device: torch.device) -> None:
     """TF32 matmuls on CUDA: ~same accuracy for training, several times the fp32 throughput."""
     if device.type == "cuda":
@@ -52,21 +73,128 @@ def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextMana
     return torch.autocast(device_type=device.type, dtype=DTYPES[dtype])
 
 
-def wrap_model(model: nn.Module, device: torch.device, compile: bool, dist: DistInfo) -> nn.Module:
-    """Compile, then wrap in DDP when there are several ranks."""
+def wrap_model(
+    model: GPT,
+    device: torch.device,
+    compile: bool,
+    dist: DistInfo,
+    parallel: str = "ddp",
+    dtype: str = "fp32",
+) -> nn.Module:
+    """Compile, then wrap in DDP or shard with FSDP when there are several ranks.
+
+    Build the optimizer afterwards: FSDP replaces the parameters with sharded ones.
+    """
+    check_parallel(parallel, dtype)
+    if parallel == "fsdp" and dist.enabled:
+        return shard_model(model, device, compile, dist, dtype)
+    wrapped: nn.Module = model
     if compile:
-        model = torch.compile(model)  # type: ignore[assignment]
+        wrapped = torch.compile(model)  # type: ignore[assignment]
     if dist.enabled:
         ids = [dist.local_rank] if device.type == "cuda" else None
-        model = DDP(model, device_ids=ids)
+        wrapped = DDP(wrapped, device_ids=ids)
+    return wrapped
+
+
+def shard_model(
+    model: GPT, device: torch.device, compile: bool, dist: DistInfo, dtype: str
+) -> nn.Module:
+    """FSDP2 over all ranks: one unit per block, the root unit holding the (tied) embeddings.
+
+    Mixed precision: weights are gathered and used in `dtype`, gradients are reduced and
+    the optimizer runs in fp32. The model keeps its class (now also an FSDPModule), so
+    `checkpoint.unwrap` still finds the GPT; blocks compile in place for the same reason.
+    """
+    # Imported here: torch.distributed.fsdp costs about a second, which sample/export need not pay.
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(device.type, (dist.world_size,))
+    policy = MixedPrecisionPolicy(
+        param_dtype=None if dtype == "fp32" else DTYPES[dtype], reduce_dtype=torch.float32
+    )
+    for block in model.transformer.h:
+        if compile:
+            block.compile()
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether every forward of `model` is a collective call (FSDP): all ranks must make it."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")  # no FSDP module exists unless imported
+    return fsdp is not None and isinstance(model, fsdp.FSDPModule)
+
+
+def release_gathered(model: nn.Module) -> None:
+    """Call after forward passes with no backward (evaluation, sampling) on an FSDP model.
+
+    FSDP leaves the root unit's weights gathered after a forward, for the backward that
+    usually follows; without one they would stay allocated (and torch 2.11 on gloo can
+    abort at exit with a gather still pending). Reshard them.
+    """
+    if is_sharded(model):
+        sharded: Any = model
+        sharded.reshard()
+
+
+def is_dtensor(t: object) -> bool:
+    """Whether `t` is a sharded (FSDP) tensor."""
+    api = sys.modules.get("torch.distributed.tensor")  # no DTensor exists unless imported
+    return api is not None and isinstance(t, api.DTensor)
 
 
 @contextlib.contextmanager
 def grad_sync(model: nn.Module, sync: bool) -> Iterator[None]:
-    """The one place that decides gradient synchronisation: only on an accumulation's last micro-step."""
-    if isinstance(model, DDP) and not sync:
+    """The one place that decides gradient synchronisation: only on an accumulation's last micro-step.
+
+    Entered before the forward pass. Under FSDP the skipped micro-steps accumulate
+    unsharded fp32 gradients (one model's worth of memory) in exchange for one
+    reduce-scatter per step instead of one per micro-step.
+    """
+    if sync:
+        yield
+    elif isinstance(model, DDP):
         with model.no_sync():
             yield
+    elif is_sharded(model):
+        sharded: Any = model
+        sharded.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            sharded.set_requires_gradient_sync(True)
     else:
         yield
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """torch.nn.utils.clip_grad_norm_, also for sharded gradients; returns the global norm.
+
+    Under FSDP each rank holds a shard of every gradient: the norm comes back as a
+    replicated DTensor, turned into a plain tensor so `.item()` means the same everywhere.
+    """
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norm = full_tensor(torch.nn.utils.get_total_norm(grads))
+    torch.nn.utils.clip_grads_with_norm_(model.parameters(), max_norm, norm)
+    return norm
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a shard (a collective: every rank calls it, in the same order)."""
+    if not is_dtensor(t):
+        return t
+    whole: torch.Tensor = t.full_tensor()  # type: ignore[attr-defined]
+    return whole
+
+
+def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`full` cut the way `like` is sharded (a collective for DTensors), or `full` itself."""
+    if not is_dtensor(like):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    sharded: Any = like
+    return distribute_tensor(full.to(like.device), sharded.device_mesh, sharded.placements)

@@ -1,7 +1,7 @@
 """Everything a training run sets up before its first step, gathered in one `Session`.
 
-Device and process group, data (prepared if missing), tokenizer, model, optimizer,
-grad scaler, compile/DDP wrapping, run directory records and metric sinks.
+Device and process group, data (prepared if missing), tokenizer, model, compile and
+DDP/FSDP wrapping, optimizer, grad scaler, run directory records and metric sinks.
 """
 
 from __future__ import annotations
@@ -29,7 +29,13 @@ from gpt2repro.metrics import (
 )
 from gpt2repro.model import GPT
 from gpt2repro.optim import build_optimizer
-from gpt2repro.parallelize import DTYPES, configure_backends, resolve_dtype, wrap_model
+from gpt2repro.parallelize import (
+    DTYPES,
+    check_parallel,
+    configure_backends,
+    resolve_dtype,
+    wrap_model,
+)
 from gpt2repro.runtime import resolve_device, seed_everything
 from gpt2repro.tokenizer import Tokenizer, load_tokenizer
 from gpt2repro.tokenizer_setup import ensure_dataset
@@ -42,7 +48,7 @@ class Session:
     device: torch.device
     dtype: str
     model: torch.nn.Module
-    """The model as trained: possibly compiled and DDP-wrapped (checkpoint.unwrap gets the GPT)."""
+    """The model as trained: possibly compiled, DDP-wrapped or FSDP-sharded (checkpoint.unwrap gets the GPT)."""
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     tokenizer: Tokenizer
@@ -58,7 +64,7 @@ class Session:
 
     def close(self) -> None:
         self.writer.close()
-        shutdown()
+        shutdown(wait=True)
 
 
 def _git_revision() -> str | None:
@@ -104,6 +110,8 @@ def open_session(cfg: TrainConfig) -> Session:
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     dtype = resolve_dtype(cfg.run.dtype, device)
+    parallel = cfg.run.parallel
+    check_parallel(parallel, dtype)
     configure_backends(device)
     data_dir, tok_spec = ensure_dataset(cfg.data, dist)
     tokenizer = load_tokenizer(tok_spec)
@@ -119,12 +127,15 @@ def open_session(cfg: TrainConfig) -> Session:
             f"{data_dir}: prepared with a {manifest['vocab_size']}-token vocabulary, "
             f"but the tokenizer has {tokenizer.vocab_size}. Re-run `gpt2repro prepare`."
         )
-    seed_everything(cfg.run.seed)
+    seed_everything(cfg.run.seed)  # the same on every rank: FSDP shards each rank's own copy
     gpt = GPT(cfg.model).to(device)
-    optimizer = build_optimizer(gpt, cfg.optim, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16")
     compile_model = cfg.run.compile if cfg.run.compile is not None else device.type == "cuda"
-    model = wrap_model(gpt, device, compile_model, dist)
+    model = wrap_model(gpt, device, compile_model, dist, parallel, dtype)
+    optimizer = build_optimizer(gpt, cfg.optim, device)  # after wrapping: FSDP swaps parameters
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16")
+    if dist.rank > 0:
+        # Other ranks draw their own dropout masks; rank 0 goes on as a single process would.
+        seed_everything(cfg.run.seed + dist.rank)
     run_dir = cfg.run.out_dir
     config_json = json.dumps(asdict(cfg), indent=2, default=str)
     if dist.is_main:
@@ -141,7 +152,8 @@ def open_session(cfg: TrainConfig) -> Session:
     print0(
         dist,
         f"model: {gpt.num_params():,} parameters | device {device} | dtype {dtype} | "
-        f"compile {compile_model} | world size {dist.world_size} | "
+        f"compile {compile_model} | world size {dist.world_size}"
+        f"{f' ({parallel})' if dist.enabled else ''} | "
         f"accumulation {cfg.grad_accum_steps(dist.world_size)}",
     )
     return Session(

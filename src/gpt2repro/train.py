@@ -2,7 +2,9 @@
 
 Helpers are plain functions with explicit arguments; the only mutable run state is
 `TrainState`, which goes into every checkpoint. Rank-aware side effects go through
-`session.dist.is_main`.
+`session.dist.is_main`; decisions every rank must share (skip a step, stop) go through
+one `agree` per step; collectives (evaluation, FSDP checkpoint gathers, FSDP sampling)
+are called by every rank.
 """
 
 from __future__ import annotations
@@ -21,10 +23,16 @@ import torch
 from gpt2repro import checkpoint as ckpt
 from gpt2repro.config import TrainConfig
 from gpt2repro.data.loader import TokenLoader
-from gpt2repro.distributed import all_reduce_mean, print0
+from gpt2repro.distributed import agree, broadcast_object, gather_objects, print0
 from gpt2repro.evaluation.val import split_loss
 from gpt2repro.optim import lr_at, set_lr
-from gpt2repro.parallelize import autocast, grad_sync
+from gpt2repro.parallelize import (
+    autocast,
+    clip_grad_norm,
+    grad_sync,
+    is_sharded,
+    release_gathered,
+)
 from gpt2repro.plot import plot_loss
 from gpt2repro.sampling import SamplingConfig, generate
 from gpt2repro.session import Session, open_session
@@ -95,12 +103,14 @@ def train_step(s: Session, loader: TokenLoader, accum: int) -> tuple[torch.Tenso
         total += loss.detach()
     s.scaler.unscale_(s.optimizer)
     clip = s.cfg.optim.grad_clip if s.cfg.optim.grad_clip > 0 else math.inf
-    norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), clip)
-    return total, norm
+    return total, clip_grad_norm(s.model, clip)
 
 
 def is_bad_step(loss: float, norm: float, state: TrainState, s: Session) -> bool:
-    """Non-finite loss (or gradient, unless the fp16 scaler handles it), or a z-score spike."""
+    """Non-finite loss (or gradient, unless the fp16 scaler handles it), or a z-score spike.
+
+    `loss` is the mean over ranks and `norm` the global norm, so every rank decides alike.
+    """
     if not math.isfinite(loss) or (not math.isfinite(norm) and not s.scaler.is_enabled()):
         return True
     z = s.cfg.stability.spike_zscore
@@ -128,40 +138,44 @@ def apply_step(s: Session, state: TrainState, loss: float, norm: float) -> bool:
 
 
 def save(s: Session, state: TrainState, loader: TokenLoader, name: str | None = None) -> Path:
-    """Write a training checkpoint (rank 0) and keep the newest K."""
+    """Write a training checkpoint and keep the newest K; every rank calls it, rank 0 writes."""
     root = s.run_dir / "checkpoints"
     path = root / (name or f"step_{state.step:06d}")
-    if s.dist.is_main:
-        meta = {"step": state.step, "train_state": asdict(state), "loader": loader.state_dict()}
-        meta["config"] = json.loads(s.config_json)
-        ckpt.save_train_checkpoint(path, s.model, s.tokenizer, s.optimizer, s.scaler, meta)
-        if name is None:
-            ckpt.prune(root, s.cfg.checkpoint.keep_last)
+    meta = {"step": state.step, "train_state": asdict(state), "loader": loader.state_dict()}
+    meta["config"] = json.loads(s.config_json)
+    ckpt.save_train_checkpoint(path, s.model, s.tokenizer, s.optimizer, s.scaler, meta, s.dist)
+    if name is None and s.dist.is_main:
+        ckpt.prune(root, s.cfg.checkpoint.keep_last)
     return path
 
 
 def resume(s: Session, loader: TokenLoader, source: Path) -> TrainState:
     """Restore weights, optimizer, scaler, loader position and RNGs from `source`."""
-    meta = ckpt.read_meta(source)
-    model, _, _ = ckpt.load_model(source, s.device)
-    ckpt.unwrap(s.model).load_state_dict(model.state_dict())
-    train_state = ckpt.load_train_state(source)
-    s.optimizer.load_state_dict(train_state["optimizer"])
-    s.scaler.load_state_dict(train_state["scaler"])
-    ckpt.set_rng_state(train_state["rng"])
+    meta = ckpt.restore_train_checkpoint(source, s.model, s.optimizer, s.scaler, s.dist)
     loader.load_state_dict(meta["loader"])
     print0(s.dist, f"resumed from {source} at step {meta['step']}")
     return TrainState(**meta["train_state"])
 
 
 def resume_source(s: Session) -> Path | None:
+    """The checkpoint to resume from, chosen by rank 0 and checked to be readable on every rank."""
     choice = s.cfg.checkpoint.resume
-    if choice == "none":
-        return None
+    source: Path | None = None
     if choice == "auto":
         found = ckpt.step_dirs(s.run_dir / "checkpoints")
-        return found[-1] if found else None
-    return Path(choice)
+        source = found[-1] if found else None
+    elif choice != "none":
+        source = Path(choice)
+    source = broadcast_object(source, s.dist)  # one decision, even if listings differ by node
+    if source is not None and s.dist.enabled:
+        readable = gather_objects(ckpt.is_checkpoint(source), s.dist)
+        blind = [rank for rank, ok in enumerate(readable) if not ok]
+        if blind and len(blind) < s.dist.world_size:
+            raise ValueError(
+                f"{source}: rank(s) {blind} cannot read this checkpoint. Put run.out_dir on a "
+                f"filesystem that every node mounts, or copy the checkpoint there."
+            )
+    return source
 
 
 def evaluate(s: Session, state: TrainState) -> dict[str, float]:
@@ -188,15 +202,20 @@ def evaluate(s: Session, state: TrainState) -> dict[str, float]:
 
 
 def write_samples(s: Session, state: TrainState, num: int = 2) -> None:
-    if not s.dist.is_main:
+    """Rank 0 writes samples; under FSDP every rank generates with it (each forward is collective)."""
+    if not (s.dist.is_main or is_sharded(s.model)):
         return
     model = ckpt.unwrap(s.model)  # uncompiled: variable-length decoding would recompile each call
     prompt = s.tokenizer.encode(s.cfg.eval.sample_prompt) or [s.tokenizer.eot_id]
     idx = torch.tensor([prompt] * num, device=s.device)
     gen = torch.Generator(device=s.device).manual_seed(s.cfg.run.seed)
     cfg = SamplingConfig(max_new_tokens=s.cfg.eval.sample_tokens, temperature=0.8, top_k=200)
-    with autocast(s.device, s.dtype):
+    # FSDP compiles blocks in place, so unwrap() cannot skip them: run them eagerly instead.
+    with autocast(s.device, s.dtype), torch.compiler.set_stance("force_eager"):
         out = generate(model, idx, cfg, generator=gen)
+    release_gathered(model)
+    if not s.dist.is_main:
+        return
     with open(s.run_dir / "samples.txt", "a") as f:
         for row in out.tolist():
             f.write(f"=== step {state.step} ===\n{s.tokenizer.decode(row)}\n")
@@ -205,14 +224,13 @@ def write_samples(s: Session, state: TrainState, num: int = 2) -> None:
 def log_train(
     s: Session,
     state: TrainState,
-    loss: torch.Tensor,
-    norm: torch.Tensor,
+    loss_avg: float,
+    norm: float,
     lr: float,
     t_log: float,
     steps: int,
 ) -> None:
-    """One line and one JSONL record per log interval (the only host syncs in the loop)."""
-    loss_avg = all_reduce_mean(loss, s.dist).item()
+    """One line and one JSONL record per log interval (rank 0); `loss_avg` is the mean over ranks."""
     dt = max(time.perf_counter() - t_log, 1e-9)
     tok_s = steps * s.cfg.batch.tokens_per_step / dt
     mfu = tok_s * s.flops_per_token / s.peak_flops / s.dist.world_size if s.peak_flops else 0.0
@@ -222,7 +240,7 @@ def log_train(
         "kind": "train",
         "loss": loss_avg,
         "lr": lr,
-        "grad_norm": float(norm),
+        "grad_norm": norm,
     }
     rec |= {
         "tokens": state.tokens,
@@ -243,6 +261,10 @@ def log_train(
 
 def due(step: int, interval: int) -> bool:
     return interval > 0 and step % interval == 0
+
+
+def out_of_time(cfg: TrainConfig, train_seconds: float) -> bool:
+    return cfg.run.max_minutes is not None and train_seconds > 60 * cfg.run.max_minutes
 
 
 def train(cfg: TrainConfig) -> RunResult:
@@ -271,14 +293,17 @@ def train(cfg: TrainConfig) -> RunResult:
             lr = lr_at(state.step, c.optim, c.run.max_steps)
             set_lr(s.optimizer, lr)
             t0 = time.perf_counter()
-            loss, norm = train_step(s, loader, accum)
-            apply_step(s, state, loss.item(), norm.item())
+            loss, norm_t = train_step(s, loader, accum)
+            timed_out = out_of_time(c, state.train_seconds + time.perf_counter() - t0)
+            loss_avg, (signalled, timed_out) = agree(loss, (stop.requested, timed_out), s.dist)
+            norm = norm_t.item()
+            apply_step(s, state, loss_avg, norm)
             state.step += 1
             state.tokens += c.batch.tokens_per_step
             state.train_seconds += time.perf_counter() - t0
             steps_since_log += 1
             if due(state.step, c.log.interval) or state.step == c.run.max_steps:
-                log_train(s, state, loss, norm, lr, t_log, steps_since_log)
+                log_train(s, state, loss_avg, norm, lr, t_log, steps_since_log)
                 t_log, steps_since_log = time.perf_counter(), 0
             if state.bad_streak >= c.stability.max_bad_steps:
                 stopped_by = "unstable"
@@ -292,11 +317,8 @@ def train(cfg: TrainConfig) -> RunResult:
                 write_samples(s, state)
             if due(state.step, c.checkpoint.interval):
                 last = save(s, state, loader)
-            if stop.requested:
-                stopped_by = "signal"
-                break
-            if c.run.max_minutes is not None and state.train_seconds > 60 * c.run.max_minutes:
-                stopped_by = "time_limit"
+            if signalled or timed_out:
+                stopped_by = "signal" if signalled else "time_limit"
                 break
         return finish(s, state, loader, stopped_by, last)
 

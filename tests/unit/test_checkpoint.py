@@ -1,14 +1,24 @@
-"""Checkpoint directories: bit-exact round trip, atomic writes, version checks."""
+"""Checkpoint directories: bit-exact round trip, atomic writes, version checks, exact resume."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from gpt2repro.checkpoint import is_checkpoint, load_model, save_checkpoint
+from gpt2repro.checkpoint import (
+    is_checkpoint,
+    load_model,
+    load_train_state,
+    restore_train_checkpoint,
+    restore_weights,
+    save_checkpoint,
+    save_train_checkpoint,
+    set_rng_state,
+)
 from gpt2repro.model import GPT
 from gpt2repro.tokenizer import GPT2Tokenizer
 
@@ -50,3 +60,46 @@ def test_wrong_version_and_not_a_checkpoint(tiny_model: GPT, tmp_path: Path) -> 
         load_model(path)
     with pytest.raises(ValueError, match="not a gpt2repro checkpoint"):
         load_model(tmp_path)
+
+
+def _step(model: GPT, optimizer: torch.optim.Optimizer) -> None:
+    x = torch.randint(0, model.config.vocab_size, (2, 16))
+    model(x, x).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def test_train_checkpoint_resumes_exactly(tiny_model: GPT, tmp_path: Path) -> None:
+    """Weights, AdamW moments and RNGs come back; the next step then matches the original's."""
+    tiny_model.train()
+    optimizer = torch.optim.AdamW(tiny_model.parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    _step(tiny_model, optimizer)
+    path = save_train_checkpoint(
+        tmp_path / "ck", tiny_model, GPT2Tokenizer(), optimizer, scaler, {"step": 1}
+    )
+    assert "rng_per_rank" not in load_train_state(path)  # one process: one RNG state
+    torch.manual_seed(123)
+    model = GPT(tiny_model.config)
+    restored = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    meta = restore_train_checkpoint(path, model, restored, scaler)
+    assert meta["step"] == 1
+    assert model.lm_head.weight is model.transformer.wte.weight
+    _step(tiny_model, optimizer)  # the original goes on from the saved RNG state...
+    set_rng_state(load_train_state(path)["rng"])
+    _step(model, restored)  # ...and so does the restored copy
+    for (name, a), b in zip(
+        tiny_model.state_dict().items(), model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_resume_refuses_a_different_model(tiny_model: GPT, tmp_path: Path) -> None:
+    optimizer = torch.optim.AdamW(tiny_model.parameters())
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    path = save_train_checkpoint(
+        tmp_path / "ck", tiny_model, GPT2Tokenizer(), optimizer, scaler, {"step": 0}
+    )
+    wider = GPT(replace(tiny_model.config, n_embd=64))
+    with pytest.raises(ValueError, match="n_embd 32 -> 64"):
+        restore_weights(path, wider)

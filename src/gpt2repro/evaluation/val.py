@@ -3,6 +3,10 @@
 Bits-per-byte divides the total loss in bits by the UTF-8 bytes of the text it covers,
 so models with different tokenizers compare fairly. Over a token budget smaller than
 the split we use the split's bytes-per-token ratio from the manifest.
+
+With several ranks the batches are dealt out round-robin (`distributed.round_robin`) and
+the per-batch sums all-reduced, so the result is the one-process number: the same
+batches, the same per-batch losses, only summed in another order.
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ from pathlib import Path
 import torch
 
 from gpt2repro.data.loader import eval_batches, read_manifest
-from gpt2repro.distributed import DistInfo, all_reduce_mean
-from gpt2repro.parallelize import autocast
+from gpt2repro.distributed import DistInfo, all_reduce_sum, round_robin
+from gpt2repro.parallelize import autocast, is_sharded, release_gathered
 
 
 def bits_per_byte(loss_nats: float, tokens: int, nbytes: int) -> float:
@@ -34,29 +38,27 @@ def split_loss(
     dtype: str,
     dist: DistInfo,
 ) -> dict[str, float]:
-    """Mean next-token loss over the split's first `max_tokens` tokens, averaged over ranks."""
+    """Mean next-token loss over the split's first `max_tokens` tokens, shared out over ranks."""
     was_training = model.training
     model.eval()
     total = torch.zeros((), device=device, dtype=torch.float64)
     count = torch.zeros((), device=device, dtype=torch.float64)
-    for x, y in eval_batches(
-        data_dir,
-        split,
-        batch_size,
-        seq_len,
-        max_tokens,
-        rank=dist.rank,
-        world_size=dist.world_size,
-        device=device,
-    ):
+    # Every rank walks the one-process batch sequence (on the CPU: cheap) and runs its share.
+    batches = eval_batches(data_dir, split, batch_size, seq_len, max_tokens)
+    for batch in round_robin(batches, dist):
+        if batch is None:  # out of batches while the others finish theirs
+            if is_sharded(model):  # FSDP forwards are collective: join with a throwaway one
+                with autocast(device, dtype):
+                    model(torch.zeros((1, seq_len), dtype=torch.long, device=device))
+            continue
+        x, y = batch[0].to(device), batch[1].to(device)
         with autocast(device, dtype):
             loss = model(x, y)
         total += loss.double() * y.numel()
         count += y.numel()
     model.train(was_training)
-    # Sum over ranks (mean * world) so unequal shares still weight every token once.
-    total = all_reduce_mean(total, dist) * dist.world_size
-    count = all_reduce_mean(count, dist) * dist.world_size
+    release_gathered(model)
+    total, count = all_reduce_sum(total, dist), all_reduce_sum(count, dist)
     if count.item() == 0:
         raise ValueError(
             f"{data_dir}: split {split!r} has no complete window of {seq_len + 1} tokens."
