@@ -101,6 +101,12 @@ class EvalConfig:
     """New tokens per sample."""
     sample_prompt: str = "\n"
     """Prompt for samples."""
+    hellaswag: bool = False
+    """Also score HellaSwag (completion style, acc_norm) at each evaluation."""
+    hellaswag_path: Path | None = None
+    """Local hellaswag_val.jsonl (None: download once and cache)."""
+    hellaswag_limit: int | None = None
+    """Score only the first N examples (None: all 10,042)."""
 
 
 @dataclass

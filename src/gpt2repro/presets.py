@@ -92,6 +92,7 @@ def _fineweb_edu(
         optim=OptimConfig(lr=lr, min_lr=lr / 10, warmup_steps=warmup),
         batch=BatchConfig(tokens_per_step=tokens_per_step, micro_batch=64, seq_len=1024),
         run=RunConfig(max_steps=max_steps),
+        eval=EvalConfig(hellaswag=True),  # every 250 steps, as in the lecture
     )
 
 

@@ -10,6 +10,7 @@ are called by every rank.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import signal
@@ -24,6 +25,7 @@ from gpt2repro import checkpoint as ckpt
 from gpt2repro.config import TrainConfig
 from gpt2repro.data.loader import TokenLoader
 from gpt2repro.distributed import agree, broadcast_object, gather_objects, print0
+from gpt2repro.evaluation.hellaswag import hellaswag_eval, load_examples
 from gpt2repro.evaluation.val import split_loss
 from gpt2repro.optim import lr_at, set_lr
 from gpt2repro.parallelize import (
@@ -31,7 +33,6 @@ from gpt2repro.parallelize import (
     clip_grad_norm,
     grad_sync,
     is_sharded,
-    release_gathered,
 )
 from gpt2repro.plot import plot_loss
 from gpt2repro.sampling import SamplingConfig, generate
@@ -198,7 +199,22 @@ def evaluate(s: Session, state: TrainState) -> dict[str, float]:
             s.dist,
             f"step {state.step:>6} | val loss {result['loss']:.4f} | val bpb {result['bpb']:.4f}",
         )
+    if s.cfg.eval.hellaswag:
+        e = s.cfg.eval
+        examples = hellaswag_examples(e.hellaswag_path, e.hellaswag_limit)
+        hs = hellaswag_eval(
+            s.model, examples, s.tokenizer, s.device, s.dtype, s.dist, progress=False
+        )
+        if s.dist.is_main:
+            s.writer.write({"step": state.step, "kind": "hellaswag", "tokens": state.tokens, **hs})
+            print0(s.dist, f"step {state.step:>6} | hellaswag acc_norm {hs['acc_norm']:.4f}")
     return result
+
+
+@functools.cache
+def hellaswag_examples(path: Path | None, limit: int | None) -> list[dict[str, Any]]:
+    """The validation examples, read once per process."""
+    return load_examples(path, limit)
 
 
 def write_samples(s: Session, state: TrainState, num: int = 2) -> None:
@@ -213,7 +229,6 @@ def write_samples(s: Session, state: TrainState, num: int = 2) -> None:
     # FSDP compiles blocks in place, so unwrap() cannot skip them: run them eagerly instead.
     with autocast(s.device, s.dtype), torch.compiler.set_stance("force_eager"):
         out = generate(model, idx, cfg, generator=gen)
-    release_gathered(model)
     if not s.dist.is_main:
         return
     with open(s.run_dir / "samples.txt", "a") as f:

@@ -343,3 +343,37 @@ def test_bad_overrides_are_rejected() -> None:
     )
     assert indivisible.returncode == 2 and indivisible.stderr.startswith("error: ")
     assert "not a multiple" in indivisible.stderr and "Traceback" not in indivisible.stderr
+
+
+def test_hellaswag_runs_at_each_evaluation(corpus: SimpleNamespace, tmp_path: Path) -> None:
+    rows = [
+        {
+            "ind": i,
+            "activity_label": "Sword play",
+            "ctx_a": "The king draws his sword.",
+            "ctx_b": "he",
+            "ctx": "The king draws his sword. he",
+            "split": "val",
+            "split_type": "indomain",
+            "label": i % 4,
+            "endings": [
+                " speaks of peace.",
+                " hears the night.",
+                " fights the lord.",
+                " loves the queen.",
+            ],
+            "source_id": f"test~{i}",
+        }
+        for i in range(3)
+    ]
+    path = tmp_path / "hellaswag_val.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = tiny_config(corpus, tmp_path / "run", steps=8)
+    cfg.eval.hellaswag, cfg.eval.hellaswag_path = True, path
+    train_module.train(cfg)
+    records = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    scored = [r for r in records if r["kind"] == "hellaswag"]
+    assert [r["step"] for r in scored] == [4, 8]
+    assert all(r["n"] == 3 and 0.0 <= r["acc_norm"] <= 1.0 for r in scored)
