@@ -184,6 +184,8 @@ class TrainConfig:
             problems.append(f"need 0 <= optim.min_lr ({o.min_lr}) <= optim.lr ({o.lr})")
         if o.warmup_steps < 0 or (o.decay_steps is not None and o.decay_steps < o.warmup_steps):
             problems.append("optim.warmup_steps must be >= 0 and <= optim.decay_steps")
+        if r.parallel not in ("ddp", "fsdp"):
+            problems.append(f"run.parallel={r.parallel!r} must be ddp or fsdp")
         if r.dtype not in ("auto", "fp32", "bf16", "fp16"):
             problems.append(f"run.dtype={r.dtype!r} must be auto, fp32, bf16 or fp16")
         if self.checkpoint.keep_last < 1:

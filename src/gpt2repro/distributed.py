@@ -166,7 +166,7 @@ def measure_allreduce(
     """All-reduce bandwidth between the ranks: a check of the interconnect (docs/distributed.md).
 
     Runs on this rank's GPU (or the CPU without one). Returns the mean time per all-reduce
-    of a `megabytes` fp32 buffer, the algorithm bandwidth (bytes / time) and the bus
+    of a `megabytes` fp32 buffer (the default is large enough for links to reach their peak), the algorithm bandwidth (bytes / time) and the bus
     bandwidth (algbw * 2(n-1)/n: the figure nccl-tests prints, to compare with the link's
     rated speed).
     """

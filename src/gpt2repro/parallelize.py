@@ -128,18 +128,6 @@ def is_sharded(model: nn.Module) -> bool:
     return fsdp is not None and isinstance(model, fsdp.FSDPModule)
 
 
-def release_gathered(model: nn.Module) -> None:
-    """Call after forward passes with no backward (evaluation, sampling) on an FSDP model.
-
-    FSDP leaves the root unit's weights gathered after a forward, for the backward that
-    usually follows; without one they would stay allocated (and torch 2.11 on gloo can
-    abort at exit with a gather still pending). Reshard them.
-    """
-    if is_sharded(model):
-        sharded: Any = model
-        sharded.reshard()
-
-
 def is_dtensor(t: object) -> bool:
     """Whether `t` is a sharded (FSDP) tensor."""
     api = sys.modules.get("torch.distributed.tensor")  # no DTensor exists unless imported

@@ -6,6 +6,7 @@ DDP/FSDP wrapping, optimizer, grad scaler, run directory records and metric sink
 
 from __future__ import annotations
 
+import gc
 import json
 import platform
 import subprocess
@@ -63,7 +64,13 @@ class Session:
         return peak_memory_bytes(self.device)
 
     def close(self) -> None:
+        """End of the run: the session is unusable afterwards."""
         self.writer.close()
+        # DDP and FSDP hold the process group inside reference cycles. Left to the garbage
+        # collector at interpreter exit, gloo's threads die mid-teardown and abort the
+        # process (torch 2.11): free them while the interpreter is whole.
+        del self.model, self.optimizer
+        gc.collect()
         shutdown(wait=True)
 
 

@@ -4,6 +4,7 @@ rank 0 writes the results as JSON."""
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from pathlib import Path
@@ -34,6 +35,8 @@ def main(data_dir: Path, out: Path) -> None:
     bandwidth = measure_allreduce(dist, megabytes=1.0, iters=2)
     if dist.is_main:
         out.write_text(json.dumps({"val": results, "allreduce": bandwidth}))
+    del model, sharded  # as Session.close: free FSDP's process group before exit
+    gc.collect()
     shutdown(wait=True)
 
 

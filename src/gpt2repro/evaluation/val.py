@@ -18,7 +18,7 @@ import torch
 
 from gpt2repro.data.loader import eval_batches, read_manifest
 from gpt2repro.distributed import DistInfo, all_reduce_sum, round_robin
-from gpt2repro.parallelize import autocast, is_sharded, release_gathered
+from gpt2repro.parallelize import autocast, is_sharded
 
 
 def bits_per_byte(loss_nats: float, tokens: int, nbytes: int) -> float:
@@ -57,7 +57,6 @@ def split_loss(
         total += loss.double() * y.numel()
         count += y.numel()
     model.train(was_training)
-    release_gathered(model)
     total, count = all_reduce_sum(total, dist), all_reduce_sum(count, dist)
     if count.item() == 0:
         raise ValueError(
