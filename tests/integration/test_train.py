@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -30,52 +29,7 @@ from gpt2repro.config import (
     StabilityConfig,
     TrainConfig,
 )
-from gpt2repro.data.prepare import prepare_dataset
 from gpt2repro.model import GPTConfig
-from gpt2repro.tokenizer import train_bpe
-
-WORDS = [
-    "the",
-    "king",
-    "queen",
-    "lord",
-    "sword",
-    "crown",
-    "night",
-    "day",
-    "love",
-    "death",
-    "war",
-    "peace",
-    "speak",
-    "hear",
-    "fair",
-    "foul",
-]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """A prepared dataset of random 'sentences' with a 300-token BPE."""
-    root = tmp_path_factory.mktemp("train_data")
-    rng = random.Random(0)
-    texts = root / "texts"
-    texts.mkdir()
-    for i in range(60):
-        words = [rng.choice(WORDS) for _ in range(300)]
-        (texts / f"doc{i:03d}.txt").write_text(" ".join(words) + ".\n")
-    tok = train_bpe(sorted(texts.glob("*.txt")), 300, root / "tok.json", show_progress=False)
-    data_dir = prepare_dataset(
-        "files",
-        root / "data",
-        tok.spec,
-        paths=[str(texts / "*.txt")],
-        out_name="tiny",
-        val_fraction=0.1,
-        workers=1,
-        progress=False,
-    )
-    return SimpleNamespace(root=root, tokenizer=tok.spec, data_dir=data_dir)
 
 
 def tiny_config(corpus: SimpleNamespace, out_dir: Path, steps: int = 12) -> TrainConfig:
