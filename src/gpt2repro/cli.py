@@ -155,6 +155,9 @@ def run_train(argv: list[str]) -> None:
         )
     if result.checkpoint is not None:
         print(f"checkpoint: {result.checkpoint}")
+    for name in ("samples.txt", "loss.png", "metrics.jsonl"):
+        if (result.run_dir / name).exists():
+            print(f"{name}: {result.run_dir / name}")
     if result.stopped_by == "unstable":
         raise SystemExit(3)
     if result.stopped_by == "signal":
