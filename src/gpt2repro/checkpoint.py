@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from gpt2repro.atomic import atomic_directory
 from gpt2repro.distributed import DistInfo, gather_objects
 from gpt2repro.model import GPT, GPTConfig
 from gpt2repro.parallelize import full_tensor, is_dtensor, shard_like
@@ -91,9 +90,7 @@ def save_checkpoint(
     `weights` replaces `model_state(model)` (for weights gathered from FSDP shards).
     """
     gpt = unwrap(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with atomic_directory(path) as tmp:
         save_file(model_state(gpt) if weights is None else weights, str(tmp / WEIGHTS))
         tok_spec = tokenizer.spec
         if tok_spec != "gpt2":
@@ -110,12 +107,6 @@ def save_checkpoint(
         }
         # meta.json last: its presence is what marks the directory complete.
         (tmp / META).write_text(json.dumps(full_meta, indent=2))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

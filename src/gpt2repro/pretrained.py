@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from gpt2repro.atomic import atomic_directory
 from gpt2repro.model import GPT, GPTConfig
 
 HUB_REPOS = {
@@ -81,26 +82,13 @@ def export_hf(
         tokenizer_file, tokenizer_spec = Path(tokenizer_spec), "tokenizer.json"
     sidecar = dict(version=SIDECAR_VERSION, tokenizer=tokenizer_spec, bias=config.bias)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)  # left over from a killed export of ours
-    tmp.mkdir()
-    try:
+    with atomic_directory(out_dir) as tmp:
         # transformers refuses safetensors files without format metadata.
         save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
         (tmp / SIDECAR_FILE).write_text(json.dumps(sidecar, indent=2) + "\n")
         if tokenizer_file is not None:
             shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
-        for f in tmp.iterdir():  # on disk before the rename makes the directory visible
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
