@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gpt2repro.loss import linear_cross_entropy
+
 
 @dataclass
 class GPTConfig:
@@ -233,10 +235,13 @@ class GPT(nn.Module):
         if cache is not None:
             cache.pos += T
         x = self.transformer.ln_f(x)
-        # Slice off the padded rows so they never receive probability mass.
-        logits = self.lm_head(x)[..., : self.config.vocab_size]  # (B, T, vocab_size)
         if targets is None:
-            return logits
-        return F.cross_entropy(
-            logits.reshape(B * T, -1).float(), targets.reshape(B * T), ignore_index=-1
+            # Slice off the padded rows so they never receive probability mass.
+            return self.lm_head(x)[..., : self.config.vocab_size]  # (B, T, vocab_size)
+        # Chunked: the (B*T, vocab) fp32 logits of a micro-batch are never materialised.
+        return linear_cross_entropy(
+            x.reshape(B * T, -1),
+            self.lm_head.weight,
+            targets.reshape(B * T),
+            self.config.vocab_size,
         )

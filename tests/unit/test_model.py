@@ -5,10 +5,12 @@ from __future__ import annotations
 import ast
 import math
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 
+import gpt2repro.loss as loss_module
 import gpt2repro.model as model_module
 from gpt2repro.model import GPT, GPTConfig, KVCache
 from gpt2repro.presets import MODEL_PRESETS, gpt2_124m, model_preset
@@ -129,13 +131,15 @@ def test_meta_device_build_then_init() -> None:
     assert torch.isfinite(model(torch.zeros(1, 4, dtype=torch.long))).all()
 
 
-def test_model_module_imports_only_torch_and_stdlib() -> None:
-    tree = ast.parse(Path(model_module.__file__).read_text())
+@pytest.mark.parametrize("module", [model_module, loss_module])
+def test_model_modules_import_only_torch_and_stdlib(module: ModuleType) -> None:
+    tree = ast.parse(Path(str(module.__file__)).read_text())
     roots = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            roots |= {a.name.split(".")[0] for a in node.names}
+            roots |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
-            roots.add(node.module.split(".")[0])
-    allowed = {"torch", "math", "dataclasses", "__future__", "typing"}
+            roots.add(node.module)
+    roots = {r.split(".")[0] if r != "gpt2repro.loss" else r for r in roots}
+    allowed = {"torch", "math", "dataclasses", "__future__", "typing", "gpt2repro.loss"}
     assert roots <= allowed, roots - allowed

@@ -1,0 +1,127 @@
+"""Cross-entropy of the language-model head without the logits of the whole micro-batch.
+
+The naive loss keeps, for a micro-batch of N tokens over GPT-2's 50,304 padded vocabulary,
+the logits in the compute dtype, their fp32 copy and the log-softmax for backward: ~10 bytes
+x N x V, 3.3 GB at N = 16 x 1024 before the gradient of the same size appears. Here the
+head runs over chunks of tokens; each chunk's softmax is turned straight into the
+gradients of the loss with respect to the hidden states and the head weight (the loss is a
+mean, so its gradient is known in the forward pass), and only those gradients are kept:
+N x C + V x C floats. The same trick as Liger-Kernel's fused linear cross-entropy, in plain
+torch so that it runs on every device and under torch.compile.
+
+Plain torch only: model.py imports this module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+CHUNK_BYTES = 1 << 28
+"""Budget for one chunk's fp32 logits (256 MiB): 1,334 tokens over GPT-2's padded vocabulary."""
+
+
+def chunk_tokens_for(vocab_rows: int) -> int:
+    """Tokens per chunk so that one chunk's fp32 logits stay within CHUNK_BYTES."""
+    return max(1, CHUNK_BYTES // (4 * vocab_rows))
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the head's matmul would run in here: autocast's if active, else the input's."""
+    kind = x.device.type
+    if torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return x.dtype
+
+
+def _chunk_logits(x: torch.Tensor, w: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """fp32 logits (n, V_padded) of one chunk, padded columns at -inf so they get no mass."""
+    logits = (x @ w.t()).float()
+    if logits.size(1) > vocab_size:
+        logits[:, vocab_size:] = float("-inf")
+    return logits
+
+
+def _chunked_forward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    vocab_size: int,
+    chunk: int,
+    grads: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Mean loss and, if `grads`, its gradients with respect to `x` and `weight`."""
+    dtype = _compute_dtype(x)
+    with torch.autocast(x.device.type, enabled=False):
+        w = weight.to(dtype)
+        valid_all = targets != -1
+        count = valid_all.sum().clamp(min=1).float()  # a tensor: no host synchronisation
+        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        grad_x = torch.empty_like(x) if grads else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=x.device) if grads else None
+        for s in range(0, x.size(0), chunk):
+            xc = x[s : s + chunk].to(dtype)
+            t = targets[s : s + chunk]
+            valid = valid_all[s : s + chunk]
+            safe_t = t.clamp(min=0)[:, None]
+            logits = _chunk_logits(xc, w, vocab_size)  # (n, Vp)
+            lse = torch.logsumexp(logits, dim=1)  # (n,)
+            picked = logits.gather(1, safe_t).squeeze(1)
+            total = total + ((lse - picked) * valid).sum()
+            if grads:
+                assert grad_x is not None and grad_w is not None
+                # d(sum of losses)/d(logits) = softmax - one_hot, zero on ignored rows;
+                # normalised by `count` only after the matmuls so fp16 cannot underflow.
+                probs = logits.sub_(lse[:, None]).exp_()
+                probs.scatter_add_(1, safe_t, -torch.ones_like(picked)[:, None])
+                probs.mul_(valid[:, None])
+                d = probs.to(dtype)
+                grad_x[s : s + chunk] = d @ w
+                grad_w += (d.t() @ xc).float()
+        loss = total / count
+        if grads:
+            assert grad_x is not None and grad_w is not None
+            grad_x = (grad_x.float() / count).to(x.dtype)
+            grad_w = (grad_w / count).to(weight.dtype)
+    return loss, grad_x, grad_w
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        vocab_size: int,
+        chunk: int,
+    ) -> torch.Tensor:
+        loss, grad_x, grad_w = _chunked_forward(x, weight, targets, vocab_size, chunk, True)
+        ctx.save_for_backward(grad_x, grad_w)
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        grad_x, grad_w = ctx.saved_tensors
+        return grad_x * grad_loss, grad_w * grad_loss, None, None, None
+
+
+def linear_cross_entropy(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    vocab_size: int,
+    chunk_tokens: int | None = None,
+) -> torch.Tensor:
+    """Mean cross-entropy of softmax(x @ weight[:vocab_size].T) against `targets` (-1 = ignore).
+
+    x: (N, C) hidden states; weight: (V_padded, C), rows past `vocab_size` never get
+    probability; targets: (N,). Equals `F.cross_entropy(lm_head(x)[:, :vocab_size].float(),
+    targets, ignore_index=-1)` up to rounding, in the autocast dtype if one is active.
+    """
+    chunk = chunk_tokens or chunk_tokens_for(weight.size(0))
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        loss: torch.Tensor = _LinearCrossEntropy.apply(x, weight, targets, vocab_size, chunk)
+        return loss
+    return _chunked_forward(x, weight, targets, vocab_size, chunk, grads=False)[0]
