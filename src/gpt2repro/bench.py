@@ -214,7 +214,7 @@ def train_variant(
     from gpt2repro.metrics import flops_per_token, measure_matmul_peak, peak_memory_bytes
     from gpt2repro.model import GPT
     from gpt2repro.optim import build_optimizer
-    from gpt2repro.parallelize import DTYPES, autocast, configure_backends
+    from gpt2repro.parallelize import DTYPES, configure_backends, train_forward_context
 
     device = resolve_device(device_name)
     configure_backends(device)
@@ -230,7 +230,7 @@ def train_variant(
         torch.cuda.reset_peak_memory_stats(device)
 
     def step() -> None:
-        with autocast(device, dtype):
+        with train_forward_context(device, dtype, seq_len):
             loss = model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(gpt.parameters(), 1.0)

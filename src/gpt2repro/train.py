@@ -33,6 +33,7 @@ from gpt2repro.parallelize import (
     clip_grad_norm,
     grad_sync,
     is_sharded,
+    train_forward_context,
 )
 from gpt2repro.plot import plot_loss
 from gpt2repro.sampling import SamplingConfig, generate
@@ -98,7 +99,7 @@ def train_step(s: Session, loader: TokenLoader, accum: int) -> tuple[torch.Tenso
     for micro in range(accum):
         x, y = loader.next_batch()
         with grad_sync(s.model, sync=micro == accum - 1):
-            with autocast(s.device, s.dtype):
+            with train_forward_context(s.device, s.dtype, x.size(1)):
                 loss = s.model(x, y) / accum  # mean over the whole step's tokens
             s.scaler.scale(loss).backward()
         total += loss.detach()
