@@ -11,7 +11,7 @@ from gpt2repro.bench_loss import bench_loss
 def test_chunked_loss_peak_memory_at_most_60_percent_of_naive(dtype: str) -> None:
     # 2,048 tokens over 50,304 padded rows: the naive path's fp32 logits alone are 412 MB.
     r = bench_loss(tokens=2048, n_embd=64, vocab=50257, dtype=dtype, device_name="cpu", reps=1)
-    naive, chunked = r["rows"]
+    naive = r["rows"][0]
     assert naive["peak_extra_gb"] > 0.8  # the measurement sees the naive logits at all
     assert r["memory_ratio"] <= 0.6, r
     tolerance = 1e-5 if dtype == "fp32" else 2e-2  # bf16: 8 mantissa bits
