@@ -206,6 +206,36 @@ class BenchTrainArgs:
     """Also write the result as JSON here."""
 
 
+@dataclass
+class BenchLossArgs:
+    """Chunked vs naive head + cross-entropy: peak memory, time and agreement at one micro-batch."""
+
+    tokens: int = 0
+    """Tokens in the micro-batch (0: 4 x 1024 on CPU, 16 x 1024 on CUDA, the 124M preset's)."""
+    n_embd: int = 768
+    """Width of the hidden states (768 for the 124M)."""
+    vocab: int = 50257
+    """Vocabulary size (padded to a multiple of 64 as in the model)."""
+    dtype: str = "auto"
+    """fp32, bf16 or fp16; auto as in training."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    out: Path | None = None
+    """Also write the result as JSON here."""
+
+
+def run_bench_loss(args: BenchLossArgs) -> None:
+    from gpt2repro.bench import report
+    from gpt2repro.bench_loss import bench_loss
+    from gpt2repro.parallelize import resolve_dtype
+    from gpt2repro.runtime import resolve_device
+
+    device = resolve_device(args.device)
+    tokens = args.tokens or (16 if device.type == "cuda" else 4) * 1024
+    dtype = resolve_dtype(args.dtype, device)
+    report(bench_loss(tokens, args.n_embd, args.vocab, dtype, str(device)), args.out)
+
+
 def run_bench_peak(args: BenchPeakArgs) -> None:
     from gpt2repro.bench import bench_peak, report
 
@@ -279,6 +309,75 @@ def run_bench_sample(args: BenchSampleArgs) -> None:
     report(bench_sample(args.model, args.new_tokens, args.prompt_tokens, args.device), args.out)
 
 
+@dataclass
+class BenchLoaderArgs:
+    """Tokens/s of TokenLoader (with and without prefetch) against raw reading of the same windows."""
+
+    data_dir: Path | None = None
+    """Prepared dataset to read (default: a temporary one of random tokens, no network needed)."""
+    split: str = "train"
+    """Split of --data-dir to read."""
+    shapes: tuple[str, ...] = ("16x1024", "32x128")
+    """Micro-batch x sequence length to time: the 124M preset's on one GPU, and shakespeare_cpu's."""
+    prefetch: tuple[int, ...] = (0, 2)
+    """Loader prefetch settings to time (0: no prefetch thread)."""
+    tokens: int = 1 << 24
+    """Tokens read per measurement (each shape, side and round)."""
+    rounds: int = 5
+    """Interleaved rounds; ratios are the median of the rounds' ratios."""
+    synthetic_tokens: int = 1 << 25
+    """Size of the temporary dataset when no --data-dir is given."""
+    seed: int = 0
+    """Seed of the loader's order (and of the temporary dataset's tokens)."""
+    out: Path | None = None
+    """Also write the result as JSON here."""
+
+
+def run_bench_loader(args: BenchLoaderArgs) -> None:
+    from gpt2repro.bench import report
+    from gpt2repro.data.bench import bench_loader, parse_shape
+
+    shapes = [parse_shape(s) for s in args.shapes]
+    result = bench_loader(
+        args.data_dir, args.split, shapes, args.prefetch, args.tokens, args.rounds,
+        args.synthetic_tokens, args.seed,
+    )  # fmt: skip
+    report(result, args.out)
+
+
+@dataclass
+class BenchEvalArgs:
+    """HellaSwag examples/s batched (as `eval` runs it) against one example per forward pass."""
+
+    model: str = "init:mini"
+    """Model source, as for `gpt2repro sample` (init:gpt2_124m for the 124M shape)."""
+    examples: int = 24
+    """Synthetic examples in the hellaswag_val.jsonl schema to score per measurement."""
+    batch_size: int = 8
+    """Examples per forward pass on the batched side (4 rows each), as `eval --batch-size`."""
+    rounds: int = 2
+    """Interleaved rounds; the speedup is the median of the rounds' ratios."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    dtype: str = "auto"
+    """auto (bf16 on capable hardware, else fp32), fp32, bf16 or fp16."""
+    seed: int = 0
+    """Seed of the model's initialisation and of the synthetic examples."""
+    out: Path | None = None
+    """Also write the result as JSON here."""
+
+
+def run_bench_eval(args: BenchEvalArgs) -> None:
+    from gpt2repro.bench import report
+    from gpt2repro.evaluation.bench import bench_eval
+
+    result = bench_eval(
+        args.model, args.examples, args.batch_size, args.rounds, args.device, args.dtype,
+        args.seed,
+    )  # fmt: skip
+    report(result, args.out)
+
+
 Command = tuple[type, Callable[..., object]]
 COMMANDS: dict[str, Command] = {
     "prepare": (PrepareArgs, run_prepare),
@@ -292,8 +391,11 @@ COMMANDS: dict[str, Command] = {
     "tokenizer encode": (TokenizerEncodeArgs, run_tokenizer_encode),
     "bench peak": (BenchPeakArgs, run_bench_peak),
     "bench train": (BenchTrainArgs, run_bench_train),
+    "bench loss": (BenchLossArgs, run_bench_loss),
     "bench sample": (BenchSampleArgs, run_bench_sample),
     "bench prepare": (BenchPrepareArgs, run_bench_prepare),
+    "bench loader": (BenchLoaderArgs, run_bench_loader),
+    "bench eval": (BenchEvalArgs, run_bench_eval),
     "bench shakespeare": (BenchShakespeareArgs, run_bench_shakespeare),
 }
 

@@ -48,26 +48,39 @@ def test_weight_decay_only_on_matrices() -> None:
     assert len(decayed) + len(plain) == len(list(model.parameters()))  # tied head counted once
 
 
-def test_optimizer_equals_reference_adamw() -> None:
+@pytest.mark.parametrize("fused", [False, True])
+def test_optimizer_equals_reference_adamw(fused: bool) -> None:
+    """Same groups, same kernel: bit-equal to torch's AdamW; fused vs the default kernel: rounding."""
     torch.manual_seed(0)
     cfg = OptimConfig(lr=1e-2, weight_decay=0.1, beta1=0.9, beta2=0.95)
-    a = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=16))
-    b = GPT(a.config)
-    b.load_state_dict(a.state_dict())
+    # No biases: the key bias has an exactly-zero true gradient, and Adam would turn the two
+    # kernels' different rounding noise there into lr-sized steps.
+    a = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=16, bias=False))
+    models = [GPT(a.config) for _ in range(2)]
+    for m in models:
+        m.load_state_dict(a.state_dict())
     ours = build_optimizer(a, cfg, torch.device("cpu"))
-    decay = [p for p in b.parameters() if p.dim() >= 2]
-    rest = [p for p in b.parameters() if p.dim() < 2]
-    ref = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
-        lr=1e-2,
-        betas=(0.9, 0.95),
-        eps=1e-8,
-    )
+    assert ours.defaults["fused"] is True  # the CPU default
+    refs = []
+    for m, ref_fused in zip(models, (fused, not fused), strict=True):
+        decay = [p for p in m.parameters() if p.dim() >= 2]
+        rest = [p for p in m.parameters() if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}]
+        refs.append(
+            torch.optim.AdamW(groups, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, fused=ref_fused or None)
+        )
+    if not fused:
+        ours = build_optimizer(
+            a, OptimConfig(**{**cfg.__dict__, "fused": False}), torch.device("cpu")
+        )
     x = torch.randint(0, 50, (2, 8))
     for _ in range(3):
-        for model, opt in ((a, ours), (b, ref)):
+        for model, opt in ((a, ours), (models[0], refs[0]), (models[1], refs[1])):
             opt.zero_grad()
             model(x, x).backward()
             opt.step()
-    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+    for (name, p), q, r in zip(
+        a.named_parameters(), models[0].parameters(), models[1].parameters(), strict=True
+    ):
         assert torch.equal(p, q), name
+        torch.testing.assert_close(p, r, rtol=1e-5, atol=1e-6, msg=name)

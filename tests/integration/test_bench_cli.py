@@ -1,0 +1,61 @@
+"""`gpt2repro bench loader` and `bench eval` through the command line, on tiny sizes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gpt2repro.cli import main
+from gpt2repro.data.bench import write_synthetic_dataset
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = 0
+    try:
+        main(args)
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_bench_loader_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_synthetic_dataset(tmp_path / "data", tokens=20_000, shard_tokens=6_000)
+    out = tmp_path / "results" / "loader.json"
+    args = ["bench", "loader", "--data-dir", str(data), "--shapes", "4x16", "2x32"]
+    args += ["--prefetch", "0", "2", "--tokens", "1000", "--rounds", "1", "--out", str(out)]
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 0, err
+    result = json.loads(out.read_text())
+    assert result["bench"] == "loader" and len(result["rows"]) == 2
+    assert all(row["same_tokens"] for row in result["rows"])
+    assert "ratio_prefetch2_vs_raw" in stdout and f"wrote {out}" in stdout
+
+
+def test_bench_eval_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "eval.json"
+    args = ["bench", "eval", "--model", "init:tiny", "--examples", "2", "--batch-size", "2"]
+    args += ["--rounds", "1", "--device", "cpu", "--dtype", "fp32", "--out", str(out)]
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 0, err
+    result = json.loads(out.read_text())
+    assert result["bench"] == "eval" and result["examples"] == 2 and result["speedup"] > 0
+    assert "one_at_a_time_examples_per_s" in stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["bench", "loader", "--shapes", "16by1024"], "BATCHxSEQ_LEN"),
+        (["bench", "loader", "--data-dir", "/nonexistent/data"], "not a prepared dataset"),
+        (["bench", "eval", "--model", "init:nope"], "Unknown model preset"),
+    ],
+)
+def test_bench_commands_report_bad_input_in_one_line(
+    args: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(args, capsys)
+    assert code != 0 and err.startswith("error: ") and "Traceback" not in err
+    assert needle in err, err
