@@ -58,16 +58,17 @@ def _chunked_forward(
     vocab_size: int,
     chunk: int,
     grads: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Mean loss and, if `grads`, its gradients with respect to `x` and `weight`."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Summed loss, the count of scored tokens and, if `grads`, the gradients of the sum
+    with respect to `x` and `weight` (fp32; dividing by the count is left to the caller)."""
     dtype = _compute_dtype(x)
     with torch.autocast(x.device.type, enabled=False):
         w = weight.to(dtype)
         valid_all = targets != -1
         count = valid_all.sum().clamp(min=1).float()  # a tensor: no host synchronisation
         total = torch.zeros((), dtype=torch.float32, device=x.device)
-        grad_x = torch.empty_like(x) if grads else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=x.device) if grads else None
+        grad_x = torch.empty_like(x, dtype=torch.float32) if grads else None
+        grad_w: torch.Tensor | None = None
         for s in range(0, x.size(0), chunk):
             xc = x[s : s + chunk].to(dtype)
             t = targets[s : s + chunk]
@@ -76,21 +77,18 @@ def _chunked_forward(
             logp = torch.log_softmax(_chunk_logits(xc, w, vocab_size), dim=1)  # (n, Vp)
             total = total - (logp.gather(1, safe_t) * valid).sum()
             if grads:
-                assert grad_x is not None and grad_w is not None
+                assert grad_x is not None
                 # d(sum of losses)/d(logits) = softmax - one_hot. Ignored rows are masked
                 # on the narrow (n, C) side of the matmuls, not on the (n, V) probabilities;
-                # normalising by `count` waits until after the matmuls so fp16 cannot underflow.
+                # the 1/count of the mean waits for backward, so fp16 cannot underflow here.
                 probs = logp.exp_()
                 probs.scatter_add_(1, safe_t, torch.full_like(safe_t, -1, dtype=probs.dtype))
                 d = probs.to(dtype)
                 grad_x[s : s + chunk] = (d @ w) * valid
-                grad_w += d.t() @ (xc * valid)  # fp32 += compute dtype, no fp32 copy
-        loss = total / count
-        if grads:
-            assert grad_x is not None and grad_w is not None
-            grad_x = (grad_x.float() / count).to(x.dtype)
-            grad_w = (grad_w / count).to(weight.dtype)
-    return loss, grad_x, grad_w
+                part = d.t() @ (xc * valid)  # (Vp, C)
+                # fp32 accumulator; the first chunk initialises it (no separate zero fill).
+                grad_w = part.float() if grad_w is None else grad_w.add_(part)
+    return total, count, grad_x, grad_w
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -103,16 +101,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
         vocab_size: int,
         chunk: int,
     ) -> torch.Tensor:
-        loss, grad_x, grad_w = _chunked_forward(x, weight, targets, vocab_size, chunk, True)
-        ctx.save_for_backward(grad_x, grad_w)
-        return loss
+        total, count, grad_x, grad_w = _chunked_forward(x, weight, targets, vocab_size, chunk, True)
+        ctx.save_for_backward(grad_x, grad_w, count)
+        ctx.dtypes = (x.dtype, weight.dtype)
+        return total / count
 
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        grad_x, grad_w = ctx.saved_tensors
+        grad_x, grad_w, count = ctx.saved_tensors
+        scale = grad_loss / count
         # In place: a second (V, C) buffer would be the largest allocation left. The graph is
         # freed after this backward, so nothing reads these tensors again.
-        return grad_x.mul_(grad_loss), grad_w.mul_(grad_loss), None, None, None
+        x_dtype, w_dtype = ctx.dtypes
+        return grad_x.mul_(scale).to(x_dtype), grad_w.mul_(scale).to(w_dtype), None, None, None
 
 
 def linear_cross_entropy(
@@ -132,4 +133,5 @@ def linear_cross_entropy(
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         loss: torch.Tensor = _LinearCrossEntropy.apply(x, weight, targets, vocab_size, chunk)
         return loss
-    return _chunked_forward(x, weight, targets, vocab_size, chunk, grads=False)[0]
+    total, count, _, _ = _chunked_forward(x, weight, targets, vocab_size, chunk, grads=False)
+    return total / count
