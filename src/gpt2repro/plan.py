@@ -9,6 +9,14 @@ import torch
 
 from gpt2repro.config import TrainConfig
 from gpt2repro.distributed import dist_info_from_env
+from gpt2repro.memory import (
+    CPU_MALLOC_SLACK,
+    RUNTIME_BYTES,
+    device_memory_bytes,
+    estimate_for_config,
+    fmt_bytes,
+    suggest_micro_batch,
+)
 from gpt2repro.metrics import datasheet_peak, flops_per_token, measure_matmul_peak
 from gpt2repro.model import GPT
 from gpt2repro.parallelize import DTYPES, resolve_dtype
@@ -25,8 +33,33 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _memory_lines(cfg: TrainConfig, device: torch.device, dtype: str, world: int) -> list[str]:
+    """Estimated peak memory with its breakdown, the device's memory, the largest micro-batch."""
+    est = estimate_for_config(cfg, dtype, device.type, world)
+    device_bytes, source = device_memory_bytes(device)
+    if device.type == "cpu" and world > 1:
+        device_bytes //= world  # the ranks of a CPU run share one machine's memory
+        source += f", split over {world} ranks"
+    runtime = fmt_bytes(RUNTIME_BYTES.get(device.type, 0))
+    if device.type == "cpu":
+        beyond = (
+            f"RSS adds the torch runtime (~{runtime}) and freed blocks glibc keeps "
+            f"(up to {CPU_MALLOC_SLACK}x the per-step tensors; the suggestion allows for both)"
+        )
+    else:
+        beyond = f"plus the CUDA context (~{runtime}); eager mode (torch.compile saves less)"
+    suggestion = suggest_micro_batch(cfg, dtype, device.type, device_bytes, world)
+    return [
+        f"peak memory:         ~{fmt_bytes(est.total)} of tensors per device, at the {est.phase}",
+        f"  = {est.breakdown()}",
+        f"  {beyond}",
+        f"device memory:       {fmt_bytes(device_bytes)} ({source})",
+        f"largest micro-batch: {suggestion.message}",
+    ]
+
+
 def dry_run_report(cfg: TrainConfig) -> str:
-    """Resolved config, parameter count, batch arithmetic and a time estimate for this machine."""
+    """Resolved config, parameter count, batch arithmetic, time and memory estimates for this machine."""
     world = dist_info_from_env().world_size
     cfg.validate(world)
     device = resolve_device(cfg.run.device)
@@ -53,5 +86,6 @@ def dry_run_report(cfg: TrainConfig) -> str:
         f"({'measured' if measured else 'datasheet'} peak {peak / 1e12:.2f} TFLOP/s per device)",
         f"time per step:       ~{_duration(step_s)} (assuming {ASSUMED_MFU:.0%} MFU on {world} device(s))",
         f"total time:          ~{_duration(step_s * cfg.run.max_steps)}",
+        *_memory_lines(cfg, device, dtype, world),
     ]
     return "\n".join(lines)
