@@ -193,7 +193,8 @@ def bench_peak(device_name: str = "auto", seconds: float = 2.0) -> dict[str, Any
 
 TRAIN_SHAPES = {
     # name: (model preset, micro-batch on CPU, micro-batch on CUDA, sequence length)
-    "124m": ("gpt2_124m", 1, 16, 1024),
+    # 4 x 1024 on CPU: at 1 x 1024 the matmuls are too small for AMX (bf16 eager 450 vs 600 tok/s).
+    "124m": ("gpt2_124m", 4, 16, 1024),
     "shakespeare_cpu": ("shakespeare_cpu", 32, 32, 128),
 }
 
@@ -211,7 +212,7 @@ def train_variant(
 ) -> dict[str, Any]:
     """Time `steps` optimizer steps (after warm-up) of one shape/precision/compile combination."""
     from gpt2repro.config import OptimConfig
-    from gpt2repro.metrics import flops_per_token, measure_matmul_peak, peak_memory_bytes
+    from gpt2repro.metrics import flops_per_token, measure_matmul_rates, peak_memory_bytes
     from gpt2repro.model import GPT
     from gpt2repro.optim import build_optimizer
     from gpt2repro.parallelize import DTYPES, configure_backends, train_forward_context
@@ -250,7 +251,8 @@ def train_variant(
     median = times[len(times) // 2]
     tok_s = batch * seq_len / median
     fpt = flops_per_token(model_cfg, seq_len, gpt.num_params())
-    peak = measure_matmul_peak(device, DTYPES[dtype], n=2048, seconds=2.0, trials=10)
+    rates = sorted(measure_matmul_rates(device, DTYPES[dtype], n=2048, seconds=2.0, trials=10))
+    peak, typical = rates[-1], rates[len(rates) // 2]
     return {
         "shape": shape,
         "dtype": dtype,
@@ -263,6 +265,7 @@ def train_variant(
         "step_s_max": times[-1],
         "mfu_vs_measured_peak": tok_s * fpt / peak,
         "measured_peak_tflops": peak / 1e12,
+        "measured_median_tflops": typical / 1e12,
         "peak_memory_gb": peak_memory_bytes(device) / 1e9,
     }
 
@@ -307,11 +310,10 @@ def train_targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
     process measures it after its steps), so a variant that happened to measure a low peak
     cannot flatter itself.
     """
-    peak = {
-        d: max(r["measured_peak_tflops"] for r in rows if r["dtype"] == d)
-        for d in {r["dtype"] for r in rows}
-    }
-    out: dict[str, Any] = {"run_peak_tflops": peak}
+    dtypes = {r["dtype"] for r in rows}
+    peak = {d: max(r["measured_peak_tflops"] for r in rows if r["dtype"] == d) for d in dtypes}
+    typical = {d: max(r["measured_median_tflops"] for r in rows if r["dtype"] == d) for d in dtypes}
+    out: dict[str, Any] = {"run_peak_tflops": peak, "run_median_window_tflops": typical}
     for shape in dict.fromkeys(r["shape"] for r in rows):
         mine = [r for r in rows if r["shape"] == shape]
         base = next(r for r in mine if r["dtype"] == "fp32" and not r["compile"])
@@ -319,11 +321,14 @@ def train_targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if not fast:
             continue
         best = max(fast, key=lambda r: r["tokens_per_s"])
-        mfu = best["mfu_vs_measured_peak"] * best["measured_peak_tflops"] / peak["bf16"]
+        achieved = best["mfu_vs_measured_peak"] * best["measured_peak_tflops"]  # TFLOP/s
+        mfu = achieved / peak["bf16"]
         speedup = best["tokens_per_s"] / base["tokens_per_s"]
         out[shape] = {
             "best_bf16": f"compile={best['compile']}",
+            "achieved_tflops": achieved,
             "mfu_vs_run_bf16_peak": mfu,
+            "mfu_vs_median_bf16_window": achieved / typical["bf16"],
             "speedup_vs_fp32_eager": speedup,
             "meets_mfu_0.40": mfu >= 0.40,
             "meets_speedup_2.5x": speedup >= 2.5,

@@ -45,18 +45,14 @@ def datasheet_peak(device: torch.device, dtype: str) -> float | None:
     return None
 
 
-def measure_matmul_peak(
+def measure_matmul_rates(
     device: torch.device, dtype: torch.dtype, n: int = 1024, seconds: float = 0.5, trials: int = 1
-) -> float:
-    """FLOP/s of a square matmul, measured now: the reachable peak on this machine.
-
-    With several `trials` (each `seconds / trials` long) the fastest counts: on a shared
-    virtual machine a single window can land in a neighbour's burst and read 2x low.
-    """
+) -> list[float]:
+    """FLOP/s of a square matmul in each of `trials` windows of `seconds / trials`, measured now."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b  # warm-up
-    best = 0.0
+    rates = []
     for _ in range(trials):
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -66,8 +62,19 @@ def measure_matmul_peak(
             count += 1
         if device.type == "cuda":
             torch.cuda.synchronize()
-        best = max(best, 2 * n**3 * count / (time.perf_counter() - t0))
-    return best
+        rates.append(2 * n**3 * count / (time.perf_counter() - t0))
+    return rates
+
+
+def measure_matmul_peak(
+    device: torch.device, dtype: torch.dtype, n: int = 1024, seconds: float = 0.5, trials: int = 1
+) -> float:
+    """The reachable matmul FLOP/s on this machine: the fastest of `trials` windows.
+
+    On a shared virtual machine a single window can land in a neighbour's burst and read
+    2x low; on the 2-core AMX machine of benchmarks/results the windows spread 0.5-2.2 TFLOP/s.
+    """
+    return max(measure_matmul_rates(device, dtype, n, seconds, trials))
 
 
 def peak_memory_bytes(device: torch.device) -> int:
