@@ -243,7 +243,8 @@ def run_bench_peak(args: BenchPeakArgs) -> None:
 
 
 def run_bench_train(args: BenchTrainArgs) -> None:
-    from gpt2repro.bench import bench_train, report
+    from gpt2repro.bench import report
+    from gpt2repro.bench_train import bench_train
 
     report(bench_train(list(args.shapes), args.steps, args.device, args.compile), args.out)
 
