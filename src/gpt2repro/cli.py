@@ -135,7 +135,8 @@ def run_train(argv: list[str]) -> None:
     description = (
         f"Train GPT-2. Starts from --preset (default {DEFAULT_TRAIN_PRESET}; one of "
         f"{', '.join(TRAIN_PRESETS)}) and overrides fields by name, e.g. --optim.lr 3e-4. "
-        f"--dry-run prints the resolved config and cost estimate without training."
+        f"--dry-run prints the resolved config, time and peak-memory estimates and the largest "
+        f"micro-batch that fits, without training."
     )
     cfg = tyro.cli(
         TrainConfig, default=base, args=argv, prog="gpt2repro train", description=description

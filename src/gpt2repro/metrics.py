@@ -78,9 +78,21 @@ def measure_matmul_peak(
 
 
 def peak_memory_bytes(device: torch.device) -> int:
-    """Peak memory so far: allocated CUDA memory, or the process's peak RSS on CPU."""
+    """Peak memory so far: allocated CUDA memory, or the process's peak RSS on CPU.
+
+    On Linux the high-water mark of this process's own address space (VmHWM): ru_maxrss
+    also counts the parent's pages a fork+exec'd child briefly shared, so a child of a large
+    process (pytest, a benchmark driver) would report the parent's size.
+    """
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB

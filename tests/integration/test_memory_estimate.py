@@ -17,7 +17,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import resource
 import subprocess
 import sys
 
@@ -26,6 +25,7 @@ import torch
 
 from gpt2repro.config import OptimConfig
 from gpt2repro.memory import estimate_peak
+from gpt2repro.metrics import peak_memory_bytes
 from gpt2repro.model import GPT, GPTConfig
 from gpt2repro.optim import build_optimizer
 from gpt2repro.parallelize import cpu_has_bf16, train_forward_context
@@ -73,10 +73,10 @@ def measure(shape: str, dtype: str) -> int:
     gc.collect()
     base = _rss()
     _train(cfg, micro_batch, dtype, 3)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base  # Linux: KiB
+    return peak_memory_bytes(torch.device("cpu")) - base  # VmHWM: see metrics.peak_memory_bytes
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and ru_maxrss")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_estimate_within_20_percent_of_measured_cpu_peak(shape: str, dtype: str) -> None:
