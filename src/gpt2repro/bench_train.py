@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from gpt2repro.bench import hardware, sync
 from gpt2repro.runtime import resolve_device, seed_everything
 
 TRAIN_SHAPES = {
@@ -27,11 +28,6 @@ TRAIN_SHAPES = {
     "shakespeare_cpu": ("shakespeare_cpu", 32, 32, 128),
 }
 BASELINE = ("fp32", False)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 class Variant:
@@ -79,10 +75,10 @@ class Variant:
         self.opt.zero_grad(set_to_none=True)
 
     def timed_step(self) -> float:
-        _sync(self.device)
+        sync(self.device)
         t0 = time.perf_counter()
         self.step()
-        _sync(self.device)
+        sync(self.device)
         self.times.append(time.perf_counter() - t0)
         return self.times[-1]
 
@@ -169,8 +165,6 @@ def bench_train(
 ) -> dict[str, Any]:
     """Per shape: bf16 eager and (optionally) fp32/bf16 compiled, each interleaved step by step
     with the fp32 eager baseline; `speedup_vs_fp32_eager` compares steps taken side by side."""
-    from gpt2repro.bench import hardware
-
     variants = [("bf16", False)] + ([("fp32", True), ("bf16", True)] if compile else [])
     rows = []
     for shape in shapes:
