@@ -34,6 +34,7 @@ import torch
 from gpt2repro.config import TrainConfig
 from gpt2repro.loss import chunk_tokens_for
 from gpt2repro.model import GPTConfig
+from gpt2repro.optim import fused_by_default
 from gpt2repro.parallelize import CPU_MATH_ATTENTION_MAX_T
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -250,7 +251,7 @@ def busy_moments(
     math = uses_math_attention(device_type, dtype, seq_len)
     acts = activation_bytes(model, micro_batch, seq_len, dtype, math)
     head = loss_head_saved_bytes(model, N)
-    fused = fused_adam if fused_adam is not None else device_type in ("cuda", "cpu")  # optim.py
+    fused = fused_adam if fused_adam is not None else fused_by_default(device_type)
     moments = [
         MemoryEstimate(
             *held, acts, head, loss_head_transient(model, N, dtype, device_type),

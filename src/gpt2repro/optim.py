@@ -25,18 +25,21 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object
     ]
 
 
+def fused_by_default(device_type: str) -> bool:
+    """Whether AdamW runs its fused kernel when OptimConfig.fused is None."""
+    return (
+        device_type in ("cuda", "cpu")
+        and "fused" in inspect.signature(torch.optim.AdamW).parameters
+    )
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW over `param_groups`; the fused kernel (one pass over each tensor) on CUDA and CPU.
 
     On CPU the fused step is ~4x faster than the default multi-tensor one for 124M
     parameters (0.25 vs 0.98 s on one core), ~15% of a whole 124M training step.
     """
-    fused = cfg.fused
-    if fused is None:
-        fused = (
-            device.type in ("cuda", "cpu")
-            and "fused" in inspect.signature(torch.optim.AdamW).parameters
-        )
+    fused = cfg.fused if cfg.fused is not None else fused_by_default(device.type)
     return torch.optim.AdamW(
         param_groups(model, cfg.weight_decay),
         lr=cfg.lr,

@@ -7,18 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gpt2repro.cli import main
 from gpt2repro.data.bench import write_synthetic_dataset
 
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(args)
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+from .test_cli import run_cli
 
 
 def test_bench_loader_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
