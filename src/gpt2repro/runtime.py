@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import random
+import sys
 
 import numpy as np
 import torch
@@ -28,3 +31,27 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameter numbers (malloc.h)
+_KEEP_BYTES = 2**31 - 1  # largest value mallopt takes: freed heap memory up to 2 GiB stays mapped
+
+
+def keep_freed_host_memory() -> bool:
+    """Serve large CPU tensors from glibc's heap and keep freed memory for reuse.
+
+    glibc maps every allocation over 32 MiB afresh with mmap and unmaps it when freed, so
+    each new large tensor (logits, casts, activations) pays a page fault per 4 KiB when first
+    written: a 150 MB copy took 49 ms instead of 15 ms here, and a 124M bf16 training step
+    spent ~1 s of 6 in such faults. PyTorch's own CPU tuning guide makes the same point with
+    jemalloc/tcmalloc; this gets it in-process. The process keeps its peak memory mapped
+    (as a caching allocator does). No-op, returning False, where libc is not glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and others have no mallopt
+        return False
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES))
