@@ -44,7 +44,9 @@ def test_freed_tensor_memory_is_reused_without_page_faults() -> None:
     # (32,768 pages of 4 KiB) each time; with the setting the freed block is reused.
     control = second_tensor_faults("off")
     if control["faults"] < 16_000:
-        pytest.skip(f"transparent huge pages back new tensors here ({control}): too few faults to tell")
+        pytest.skip(
+            f"transparent huge pages back new tensors here ({control}): too few faults to tell"
+        )
     tuned = second_tensor_faults("on")
     assert tuned["applied"] is True
     assert tuned["faults"] < 1_000, tuned
