@@ -36,6 +36,15 @@ def test_targets_use_the_best_bf16_variant_and_the_runs_highest_peak() -> None:
     assert not t["meets_mfu_0.40"] and t["meets_speedup_2.5x"]
 
 
+def test_best_variant_is_chosen_by_side_by_side_speedup_not_raw_speed() -> None:
+    eager = row("s", "bf16", False, 200.0, 1.0, 0.8)  # ran in a fast minute
+    compiled = row("s", "bf16", True, 180.0, 1.0, 0.8) | {"speedup_vs_fp32_eager": 2.4}
+    t = train_targets([row("s", "fp32", False, 100.0, 0.3, 0.25), eager, compiled])["s"]
+    assert t["best_bf16"] == "compile=True"
+    assert t["speedup_vs_fp32_eager"] == pytest.approx(2.4)
+    assert t["achieved_tflops"] == pytest.approx(0.18)
+
+
 def test_train_variant_times_real_steps() -> None:
     r = train_variant("shakespeare_cpu", "fp32", False, steps=1, device_name="cpu")
     assert r["micro_batch"] * r["seq_len"] == 32 * 128
