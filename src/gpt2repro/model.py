@@ -135,8 +135,24 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # GPT-2 used the tanh approximation of GELU ("gelu_new" in transformers).
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return self.dropout(self.c_proj(gelu_tanh(self.c_fc(x))))
+
+
+SQRT_8_OVER_PI = math.sqrt(8 / math.pi)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's tanh approximation of GELU ("gelu_new" in transformers).
+
+    0.5 x (1 + tanh(u)) equals x sigmoid(2u). Compiled, the sigmoid form is used: inductor's
+    CPU code spends twice as long on tanh as on exp (GELU forward + backward 11.6 vs 6.8 ms
+    per layer of the default preset; compiled bf16 steps 1.17x faster there, 1.06x for 124M),
+    and the two
+    differ by rounding only (< 5e-7 absolute in fp32). Eager keeps PyTorch's fused kernel.
+    """
+    if torch.compiler.is_compiling():
+        return x * torch.sigmoid(SQRT_8_OVER_PI * (x + 0.044715 * x * x * x))
+    return F.gelu(x, approximate="tanh")
 
 
 class Block(nn.Module):

@@ -9,10 +9,11 @@ from types import ModuleType
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import gpt2repro.loss as loss_module
 import gpt2repro.model as model_module
-from gpt2repro.model import GPT, GPTConfig, KVCache
+from gpt2repro.model import GPT, GPTConfig, KVCache, gelu_tanh
 from gpt2repro.presets import MODEL_PRESETS, gpt2_124m, model_preset
 
 
@@ -143,3 +144,17 @@ def test_model_modules_import_only_torch_and_stdlib(module: ModuleType) -> None:
     roots = {r.split(".")[0] if r != "gpt2repro.loss" else r for r in roots}
     allowed = {"torch", "math", "dataclasses", "__future__", "typing", "gpt2repro.loss"}
     assert roots <= allowed, roots - allowed
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_gelu_equals_the_tanh_approximation(dtype: torch.dtype) -> None:
+    # Compiled, gelu_tanh takes its sigmoid form; value and gradient must match PyTorch's
+    # tanh-approximate GELU (what transformers' "gelu_new" computes) up to rounding.
+    x = (torch.randn(4096) * 4).to(dtype).requires_grad_(True)
+    ref = F.gelu(x, approximate="tanh")
+    (ref_grad,) = torch.autograd.grad(ref.float().square().sum(), x)
+    compiled = torch.compile(gelu_tanh)(x)
+    (grad,) = torch.autograd.grad(compiled.float().square().sum(), x)
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 1e-2}
+    torch.testing.assert_close(compiled, ref, **tol)
+    torch.testing.assert_close(grad, ref_grad, **tol)
