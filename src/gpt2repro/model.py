@@ -147,8 +147,8 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     0.5 x (1 + tanh(u)) equals x sigmoid(2u). Compiled, the sigmoid form is used: inductor's
     CPU code spends twice as long on tanh as on exp (GELU forward + backward 11.6 vs 6.8 ms
     per layer of the default preset; compiled bf16 steps 1.17x faster there, 1.06x for 124M),
-    and the two
-    differ by rounding only (< 5e-7 absolute in fp32). Eager keeps PyTorch's fused kernel.
+    and the two differ by rounding only (< 5e-7 absolute in fp32). Eager keeps PyTorch's
+    fused kernel.
     """
     if torch.compiler.is_compiling():
         return x * torch.sigmoid(SQRT_8_OVER_PI * (x + 0.044715 * x * x * x))
