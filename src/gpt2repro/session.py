@@ -107,7 +107,11 @@ def environment_record(device: torch.device, dist: DistInfo) -> dict[str, Any]:
 def peak_flops_for(device: torch.device, dtype: str) -> float:
     """Datasheet peak on known GPUs; otherwise a matmul measured now (CPU, unknown GPUs)."""
     table = datasheet_peak(device, "tf32" if dtype == "fp32" else dtype)
-    return table if table is not None else measure_matmul_peak(device, DTYPES[dtype], seconds=1.0, trials=5)
+    return (
+        table
+        if table is not None
+        else measure_matmul_peak(device, DTYPES[dtype], seconds=1.0, trials=5)
+    )
 
 
 def open_session(cfg: TrainConfig) -> Session:
