@@ -36,10 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-import gpt2repro
 from gpt2repro import assets
 from gpt2repro.bench import hardware
-from gpt2repro.data import manifest as mf
 from gpt2repro.data.loader import TokenLoader
 from gpt2repro.data.manifest import read_manifest, split_shards
 from gpt2repro.data.prepare import prepare_dataset
@@ -189,25 +187,7 @@ def write_synthetic_dataset(
         splits = writer.finish()
     finally:
         writer.close()
-    manifest = {
-        "format": mf.FORMAT,
-        "format_version": mf.FORMAT_VERSION,
-        "name": Path(out_dir).name,
-        "source": source,
-        "tokenizer": {
-            "identifier": tok.identifier,
-            "spec": tok.spec,
-            "vocab_size": tok.vocab_size,
-            "eot_id": tok.eot_id,
-        },
-        "vocab_size": tok.vocab_size,
-        "dtype": dtype.name,
-        "settings": settings,
-        "splits": splits,
-        "gpt2repro_version": gpt2repro.__version__,
-    }
-    mf.write_json_atomic(Path(out_dir) / mf.MANIFEST, manifest)
-    (Path(out_dir) / mf.PROGRESS).unlink()
+    writer.publish(source, settings, splits)
     return Path(out_dir)
 
 

@@ -23,7 +23,6 @@ from typing import Any, NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-import gpt2repro
 from gpt2repro.data import manifest as mf
 from gpt2repro.data.shards import token_dtype
 from gpt2repro.data.sources import DEFAULT_VAL_FRACTION, Source, expand_paths, files, shakespeare
@@ -245,25 +244,7 @@ def _write(
         splits = writer.finish()
     finally:
         writer.close()
-    manifest = {
-        "format": mf.FORMAT,
-        "format_version": mf.FORMAT_VERSION,
-        "name": out_dir.name,
-        "source": source.description,
-        "tokenizer": {
-            "identifier": info.identifier,
-            "spec": info.spec,
-            "vocab_size": info.vocab_size,
-            "eot_id": info.eot_id,
-        },
-        "vocab_size": info.vocab_size,
-        "dtype": dtype.name,
-        "settings": settings,
-        "splits": splits,
-        "gpt2repro_version": gpt2repro.__version__,
-    }
-    mf.write_json_atomic(out_dir / mf.MANIFEST, manifest)
-    (out_dir / mf.PROGRESS).unlink()
+    writer.publish(source.description, settings, splits)
 
 
 def _tokenize(

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+import gpt2repro
+from gpt2repro.data import manifest as mf
 from gpt2repro.data.manifest import PROGRESS, SPLITS, write_json_atomic
 from gpt2repro.data.shards import (
     ShardBuilder,
@@ -240,6 +242,24 @@ class DatasetWriter:
             }
             for split, s in self.states.items()
         }
+
+    def publish(self, source: Any, settings: dict[str, Any], splits: dict[str, Any]) -> None:
+        """Write the manifest, which marks the dataset complete, then drop the progress file."""
+        manifest = {
+            "format": mf.FORMAT,
+            "format_version": mf.FORMAT_VERSION,
+            "name": self.out_dir.name,
+            "source": source,
+            "tokenizer": asdict(self.tok),
+            "vocab_size": self.tok.vocab_size,
+            "dtype": self.dtype.name,
+            "settings": settings,
+            "splits": splits,
+            "gpt2repro_version": gpt2repro.__version__,
+        }
+        # Through the module, so a test can fail this write alone (crash-resume test).
+        mf.write_json_atomic(self.out_dir / mf.MANIFEST, manifest)
+        (self.out_dir / PROGRESS).unlink()
 
     def close(self) -> None:
         """Close open files without finishing (after an error; the checkpoint stays valid)."""
