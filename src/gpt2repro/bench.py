@@ -165,7 +165,7 @@ def bench_peak(device_name: str = "auto", seconds: float = 2.0) -> dict[str, Any
     }
     for name, dtype in dtypes.items():
         result[f"matmul_{name}_tflops"] = (
-            measure_matmul_peak(device, dtype, n=2048, seconds=seconds, trials=8) / 1e12
+            measure_matmul_peak(device, dtype, seconds=seconds, trials=8) / 1e12
         )
         sheet = datasheet_peak(device, name)
         if sheet is not None:
@@ -173,7 +173,7 @@ def bench_peak(device_name: str = "auto", seconds: float = 2.0) -> dict[str, Any
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         result["matmul_tf32_tflops"] = (
-            measure_matmul_peak(device, torch.float32, n=4096, seconds=seconds, trials=8) / 1e12
+            measure_matmul_peak(device, torch.float32, seconds=seconds, trials=8) / 1e12
         )
         torch.backends.cuda.matmul.allow_tf32 = False
     src = torch.empty(64 * 2**20, dtype=torch.uint8, device=device)  # 64 MiB, beyond the caches

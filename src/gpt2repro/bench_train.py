@@ -91,7 +91,7 @@ class Variant:
         median = times[len(times) // 2]
         tok_s = self.batch * self.seq_len / median
         rates = sorted(
-            measure_matmul_rates(self.device, DTYPES[self.dtype], n=2048, seconds=2.0, trials=10)
+            measure_matmul_rates(self.device, DTYPES[self.dtype], seconds=2.0, trials=10)
         )
         peak, typical = rates[-1], rates[len(rates) // 2]
         return {
