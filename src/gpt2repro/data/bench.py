@@ -187,7 +187,7 @@ def write_synthetic_dataset(
         splits = writer.finish()
     finally:
         writer.close()
-    writer.publish(source, settings, splits)
+    writer.publish(splits)
     return Path(out_dir)
 
 

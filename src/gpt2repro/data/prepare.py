@@ -244,7 +244,7 @@ def _write(
         splits = writer.finish()
     finally:
         writer.close()
-    writer.publish(source.description, settings, splits)
+    writer.publish(splits)
 
 
 def _tokenize(

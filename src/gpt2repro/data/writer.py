@@ -243,17 +243,21 @@ class DatasetWriter:
             for split, s in self.states.items()
         }
 
-    def publish(self, source: Any, settings: dict[str, Any], splits: dict[str, Any]) -> None:
-        """Write the manifest, which marks the dataset complete, then drop the progress file."""
+    def publish(self, splits: dict[str, Any]) -> None:
+        """Write the manifest, which marks the dataset complete, then drop the progress file.
+
+        `splits` is what `finish` returned; source and settings are the config's, the same
+        that a resumed run had to match.
+        """
         manifest = {
             "format": mf.FORMAT,
             "format_version": mf.FORMAT_VERSION,
             "name": self.out_dir.name,
-            "source": source,
+            "source": self.config["source"],
             "tokenizer": asdict(self.tok),
             "vocab_size": self.tok.vocab_size,
             "dtype": self.dtype.name,
-            "settings": settings,
+            "settings": self.config["settings"],
             "splits": splits,
             "gpt2repro_version": gpt2repro.__version__,
         }
