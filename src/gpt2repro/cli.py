@@ -198,7 +198,9 @@ class BenchTrainArgs:
     shapes: tuple[str, ...] = ("124m", "shakespeare_cpu")
     """Model shapes to time: 124m (T=1024) and/or shakespeare_cpu."""
     steps: int = 5
-    """Timed steps per variant (after warm-up); the median is reported."""
+    """Timed steps per variant (after warm-up), at least; the median is reported."""
+    min_seconds: float = 60.0
+    """Keep taking side-by-side steps of each pairing until this many seconds have passed."""
     compile: bool = True
     """Also time torch.compile variants."""
     device: str = "auto"
@@ -247,7 +249,8 @@ def run_bench_train(args: BenchTrainArgs) -> None:
     from gpt2repro.bench import report
     from gpt2repro.bench_train import bench_train
 
-    report(bench_train(list(args.shapes), args.steps, args.device, args.compile), args.out)
+    result = bench_train(list(args.shapes), args.steps, args.device, args.compile, args.min_seconds)
+    report(result, args.out)
 
 
 def run_sample(args: SampleArgs) -> None:
