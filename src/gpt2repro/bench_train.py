@@ -5,12 +5,12 @@ variants are interleaved: the fp32 eager baseline and one other variant live in 
 processes at once and take turns, one timed step each, and every ratio is between steps
 taken side by side. Each variant's own process gives its peak memory.
 
-MFU is given two ways. Against the fastest matmul window of the whole run (conservative: a
-step that ran while the VM's neighbours held the matrix unit is divided by a peak measured
-while they did not). And paired: each timed step is followed by a short matmul window in the
-same process, and the median over steps of (step's FLOP/s / that window's FLOP/s) says how
-much of the matrix unit *as it was at that moment* the step used; on this VM the bf16 rate
-swings 0.8-2.2 TFLOP/s over minutes, far more than between a step and the next window.
+MFU divides by the matmul rate measured in the same run: the fastest window anywhere in it
+(conservative: a step that ran while the VM's neighbours held the matrix unit is divided by
+a peak measured while they did not) and, beside it, the median window. Pairing each step
+with a matmul window right after it was tried and dropped: 0.3 s windows swing 0.7-2.2
+TFLOP/s from one to the next while the steps around them do not, so the pairs measured
+the windows' noise, not the step.
 """
 
 from __future__ import annotations
@@ -35,8 +35,6 @@ TRAIN_SHAPES = {
     "shakespeare_cpu": ("shakespeare_cpu", 32, 32, 128),
 }
 BASELINE = ("fp32", False)
-PAIRED_WINDOW_S = 0.3
-"""Matmul window after each timed step: 13-40 matmuls of 2048^3 on the 2-core AMX machine."""
 
 
 class Variant:
@@ -72,8 +70,6 @@ class Variant:
         for _ in range(3 if compile else 2):  # warm-up (and compilation) excluded
             self.step()
         self.times: list[float] = []
-        self.windows: list[float] = []
-        """Matmul FLOP/s measured right after each timed step (see the module docstring)."""
 
     def step(self) -> None:
         from gpt2repro.parallelize import train_forward_context
@@ -86,16 +82,11 @@ class Variant:
         self.opt.zero_grad(set_to_none=True)
 
     def timed_step(self) -> float:
-        from gpt2repro.metrics import measure_matmul_rates
-        from gpt2repro.parallelize import DTYPES
-
         sync(self.device)
         t0 = time.perf_counter()
         self.step()
         sync(self.device)
         self.times.append(time.perf_counter() - t0)
-        dtype = DTYPES[self.dtype]
-        self.windows.extend(measure_matmul_rates(self.device, dtype, seconds=PAIRED_WINDOW_S))
         return self.times[-1]
 
     def result(self) -> dict[str, Any]:
@@ -110,7 +101,6 @@ class Variant:
             measure_matmul_rates(self.device, DTYPES[self.dtype], seconds=2.0, trials=10)
         )
         peak, typical = rates[-1], rates[len(rates) // 2]
-        step_flops = self.flops_per_token * self.batch * self.seq_len
         return {
             "shape": self.shape,
             "dtype": self.dtype,
@@ -124,17 +114,10 @@ class Variant:
             "mfu_vs_measured_peak": tok_s * self.flops_per_token / peak,
             "measured_peak_tflops": peak / 1e12,
             "measured_median_tflops": typical / 1e12,
-            "mfu_paired": paired_mfu(step_flops, self.times, self.windows),
             "step_s": self.times,
-            "window_tflops": [w / 1e12 for w in self.windows],
             "peak_memory_gb": peak_memory_bytes(self.device) / 1e9,
         }
 
-
-def paired_mfu(step_flops: float, step_s: list[float], window_flops: list[float]) -> float:
-    """Median over steps of the step's FLOP/s over the matmul rate measured right after it."""
-    ratios = sorted(step_flops / t / w for t, w in zip(step_s, window_flops, strict=True))
-    return ratios[len(ratios) // 2]
 
 
 def train_variant(
@@ -237,8 +220,7 @@ def train_targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
     MFU is against the fastest bf16 matmul window measured anywhere in this run, so a
     variant whose process happened to measure a low peak cannot flatter itself; beside it,
-    against the median window, and paired step by step with the window after each step
-    (module docstring). The speedup is the median of side-by-side step ratios.
+    against the median window. The speedup is the median of side-by-side step ratios.
     """
     dtypes = {r["dtype"] for r in rows}
     peak = {d: max(r["measured_peak_tflops"] for r in rows if r["dtype"] == d) for d in dtypes}
@@ -258,10 +240,8 @@ def train_targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "achieved_tflops": achieved,
             "mfu_vs_run_bf16_peak": mfu,
             "mfu_vs_median_bf16_window": achieved / typical["bf16"],
-            "mfu_paired": best["mfu_paired"],
             "speedup_vs_fp32_eager": speedup,
             "meets_mfu_0.40": mfu >= 0.40,
-            "meets_mfu_0.40_paired": best["mfu_paired"] >= 0.40,
             "meets_speedup_2.5x": speedup >= 2.5,
         }
     return out
