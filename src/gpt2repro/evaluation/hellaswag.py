@@ -148,13 +148,14 @@ def ending_scores(
     """Total log-probability and token count of the masked tokens of each row (R, T)."""
     with autocast(tokens.device, dtype):
         logits = model(tokens)  # (R, T, V)
-    R, T = tokens.shape
-    targets = tokens[:, 1:]  # (R, T-1): position t predicts token t+1
-    losses = F.cross_entropy(
-        logits[:, :-1].reshape(R * (T - 1), -1).float(), targets.reshape(-1), reduction="none"
-    ).view(R, T - 1)
-    m = mask[:, 1:].to(losses.dtype)
-    return -(losses * m).sum(dim=1), m.sum(dim=1)
+    scored = mask[:, 1:].bool()  # (R, T-1): position t predicts token t+1
+    # Only the endings' positions go through the fp32 cross-entropy: a few of each row's
+    # T, and an (R x T, V) fp32 copy would be the largest tensor of the evaluation.
+    losses = torch.zeros(scored.shape, dtype=torch.float32, device=tokens.device)
+    losses[scored] = F.cross_entropy(
+        logits[:, :-1][scored].float(), tokens[:, 1:][scored], reduction="none"
+    )
+    return -losses.sum(dim=1), scored.sum(dim=1).float()
 
 
 def predict(
