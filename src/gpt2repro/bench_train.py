@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from statistics import median
 from collections.abc import Callable
 from datetime import date
 from multiprocessing.connection import Connection
+from statistics import median
 from typing import Any
 
 import torch
@@ -117,7 +117,6 @@ class Variant:
             "step_s": self.times,
             "peak_memory_gb": peak_memory_bytes(self.device) / 1e9,
         }
-
 
 
 def train_variant(
