@@ -88,6 +88,10 @@ def _chunked_forward(
                 part = d.t() @ (xc * valid)  # (Vp, C)
                 # fp32 accumulator; the first chunk initialises it (no separate zero fill).
                 grad_w = part.float() if grad_w is None else grad_w.add_(part)
+                del probs, d, part
+            # Unbound before the next chunk's logits are allocated: otherwise this chunk's
+            # (n, V) tensors would stay alive beside them, a third more at the peak.
+            del logp
     return total, count, grad_x, grad_w
 
 

@@ -24,7 +24,6 @@ torch.compile recomputes pointwise ops instead of saving them: there it is an up
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -145,28 +144,20 @@ def loss_head_transient(cfg: GPTConfig, n_tokens: int, dtype: str, device_type: 
     """The most loss.py's chunked forward holds at once beyond the two gradients it saves.
 
     Per chunk of n tokens over the padded vocabulary Vp, two moments: log_softmax (the fp32
-    logits and their log-softmax, 8 B per logit) and the head-weight product (Vp x C).
-    A chunk's probabilities and their cast stay bound in the loop until the next chunk
-    replaces them, and so does the previous product (from the second chunk on in bf16,
-    the third in fp32, where the first product is the accumulator itself).
+    logits and their log-softmax, 8 B per logit) and the head-weight product (Vp x C) beside
+    the chunk's probabilities and their cast. loss.py unbinds a chunk's tensors before the
+    next chunk starts, so nothing of one chunk outlives it but the accumulators.
     """
     C, Vp, d = cfg.n_embd, cfg.padded_vocab_size, DTYPE_BYTES[dtype]
     cast = d if dtype != "fp32" else 0  # fp32 .to() copies nothing
     chunk = min(n_tokens, chunk_tokens_for(Vp, device_type))
-    n_chunks = math.ceil(n_tokens / chunk)
-    last = n_tokens - (n_chunks - 1) * chunk
     probs = (FP32 + cast) * Vp  # per token
     logits = 2 * FP32 * Vp  # per token
-    product = d * Vp * C
-    # The accumulator (counted as saved) appears with the first product.
+    # The accumulator (counted as saved) appears with the first product, which in fp32 is
+    # the accumulator itself; later products are added into it and freed.
     moments = [max(logits * chunk - FP32 * Vp * C, probs * chunk + cast * Vp * C)]
-    if n_chunks >= 2:
-        n = chunk if n_chunks > 2 else last
-        stale = cast * Vp * C
-        moments.append(stale + max(probs * chunk + logits * n, probs * n + product))
-    if n_chunks >= 3:
-        n = chunk if n_chunks > 3 else last
-        moments.append(product + max(probs * chunk + logits * n, probs * n + product))
+    if n_tokens > chunk:
+        moments.append(max(logits * chunk, probs * chunk + d * Vp * C))
     # Alive throughout: ln_f's fp32 output (the input), the cast head weight and a chunk's
     # cast hidden states.
     held = FP32 * C * n_tokens + cast * Vp * C + cast * C * chunk
