@@ -157,7 +157,8 @@ def loss_head_transient(cfg: GPTConfig, n_tokens: int, dtype: str, device_type: 
     # the accumulator itself; later products are added into it and freed.
     moments = [max(logits * chunk - FP32 * Vp * C, probs * chunk + cast * Vp * C)]
     if n_tokens > chunk:
-        moments.append(max(logits * chunk, probs * chunk + d * Vp * C))
+        later = chunk if n_tokens > 2 * chunk else n_tokens - chunk  # the largest later chunk
+        moments.append(max(logits * later, probs * later + d * Vp * C))
     # Alive throughout: ln_f's fp32 output (the input), the cast head weight and a chunk's
     # cast hidden states.
     held = FP32 * C * n_tokens + cast * Vp * C + cast * C * chunk
