@@ -90,7 +90,7 @@ def _chunked_forward(
                 grad_w = part.float() if grad_w is None else grad_w.add_(part)
                 del probs, d, part
             # Unbound before the next chunk's logits are allocated: otherwise this chunk's
-            # (n, V) tensors would stay alive beside them, a third more at the peak.
+            # (n, V) tensors stay alive beside them (eager only; compiled graphs free them).
             del logp
     return total, count, grad_x, grad_w
 
