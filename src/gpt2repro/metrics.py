@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,14 @@ def peak_memory_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def _record_step(line: str) -> float:
+    """The step of one metrics.jsonl line; infinity for a line that is not a whole record."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
 class MetricsWriter:
     """Append metrics to metrics.jsonl, and to TensorBoard / W&B when asked and installed."""
 
@@ -137,13 +146,17 @@ class MetricsWriter:
                 print("note: wandb is not installed (pip install wandb); skipping W&B logging.")
 
     def truncate_after(self, step: int) -> None:
-        """Drop records past `step`, so a resumed run's log has no duplicate or orphan steps."""
+        """Drop records past `step`, so a resumed run's log has no duplicate or orphan steps.
+
+        A run killed mid-write can leave a torn last line: it is dropped, not parsed. The
+        kept lines replace the file in one rename, so a second kill cannot empty the log.
+        """
         if not self.path.exists():
             return
-        keep = [
-            ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step
-        ]
-        self.path.write_text("".join(ln + "\n" for ln in keep))
+        keep = [ln for ln in self.path.read_text().splitlines() if _record_step(ln) <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(ln + "\n" for ln in keep))
+        os.replace(tmp, self.path)
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
