@@ -1,4 +1,4 @@
-"""Directories that appear complete or not at all."""
+"""Files and directories that appear complete or not at all."""
 
 from __future__ import annotations
 
@@ -31,3 +31,14 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a fsynced temporary file and a rename, so readers (and
+    a run killed mid-write) see the old file or the new one, never half of either."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

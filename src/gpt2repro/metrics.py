@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from gpt2repro.atomic import write_text_atomic
 from gpt2repro.model import GPTConfig
 
 # Dense (no sparsity) datasheet peaks in FLOP/s, by a substring of the device name.
@@ -154,9 +154,7 @@ class MetricsWriter:
         if not self.path.exists():
             return
         keep = [ln for ln in self.path.read_text().splitlines() if _record_step(ln) <= step]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(ln + "\n" for ln in keep))
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as f:

@@ -25,9 +25,10 @@ bits-per-byte = loss_nats * tokens / (ln 2 * bytes).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from gpt2repro.atomic import write_text_atomic
 
 MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
@@ -45,13 +46,7 @@ def dataset_dir(data_root: Path, name: str, tokenizer_identifier: str) -> Path:
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write JSON to `path` through a temporary file and a rename, so readers never see half."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def _not_prepared(data_dir: Path) -> FileNotFoundError:
