@@ -94,13 +94,10 @@ class Variant:
         from gpt2repro.metrics import measure_matmul_rates, peak_memory_bytes
         from gpt2repro.parallelize import DTYPES
 
-        times = sorted(self.times)
-        median = times[len(times) // 2]
-        tok_s = self.batch * self.seq_len / median
-        rates = sorted(
-            measure_matmul_rates(self.device, DTYPES[self.dtype], seconds=2.0, trials=10)
-        )
-        peak, typical = rates[-1], rates[len(rates) // 2]
+        step_s = median(self.times)
+        tok_s = self.batch * self.seq_len / step_s
+        rates = measure_matmul_rates(self.device, DTYPES[self.dtype], seconds=2.0, trials=10)
+        peak, typical = max(rates), median(rates)
         return {
             "shape": self.shape,
             "dtype": self.dtype,
@@ -108,9 +105,9 @@ class Variant:
             "micro_batch": self.batch,
             "seq_len": self.seq_len,
             "tokens_per_s": tok_s,
-            "step_s_median": median,
-            "step_s_min": times[0],
-            "step_s_max": times[-1],
+            "step_s_median": step_s,
+            "step_s_min": min(self.times),
+            "step_s_max": max(self.times),
             "mfu_vs_measured_peak": tok_s * self.flops_per_token / peak,
             "measured_peak_tflops": peak / 1e12,
             "measured_median_tflops": typical / 1e12,
@@ -196,8 +193,8 @@ def bench_train(
                     pair_base.append(base.ask("step"))
                     pair_other.append(other.ask("step"))
                 row = other.close()
-                ratios = sorted(b / o for b, o in zip(pair_base, pair_other, strict=True))
-                row["speedup_vs_fp32_eager"] = ratios[len(ratios) // 2]
+                ratios = [b / o for b, o in zip(pair_base, pair_other, strict=True)]
+                row["speedup_vs_fp32_eager"] = median(ratios)
                 row["speedup_of_median_steps"] = median(pair_base) / median(pair_other)
                 rows.append(row)
                 print(row, flush=True)

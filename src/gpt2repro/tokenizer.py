@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -21,6 +20,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from gpt2repro import assets
+from gpt2repro.atomic import atomic_file
 
 EOT = "<|endoftext|>"
 # 256 byte tokens + <|endoftext|> is the vocabulary before any merge; we want at least one.
@@ -238,11 +238,9 @@ def train_bpe_from_texts(
     tok.train_from_iterator(texts, trainer)
 
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    tok.save(str(tmp))
-    # A rename is atomic: a crash mid-save never leaves a truncated tokenizer behind.
-    os.replace(tmp, out_path)
+    # Saved through a rename: a crash mid-save never leaves a truncated tokenizer behind.
+    with atomic_file(out_path) as tmp:
+        tok.save(str(tmp))
     return ByteBPETokenizer.load(out_path)
 
 

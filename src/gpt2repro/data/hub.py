@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt2repro import assets
+from gpt2repro.atomic import write_bytes_atomic
 from gpt2repro.data.sources import DEFAULT_VAL_FRACTION, Document, Source, tiny_shakespeare
 
 TINY_SHAKESPEARE_URL = (
@@ -171,10 +172,7 @@ def tiny_shakespeare_file() -> Path:
             f"{TINY_SHAKESPEARE_URL} served {len(data)} bytes, not the expected "
             f"{TINY_SHAKESPEARE_BYTES} (sha256 {hashlib.sha256(data).hexdigest()}). {local}"
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
+    write_bytes_atomic(target, data)
     return target
 
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from gpt2repro.atomic import write_text_atomic
 
 RESULTS_FILE = "eval_results.json"
 FORMAT_VERSION = 1
@@ -147,8 +148,5 @@ def write_results(
     data["results"].update(new)
     data["model"] = model
     data["format_version"] = FORMAT_VERSION
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
     return data

@@ -1,0 +1,37 @@
+"""atomic_file and its writers: a reader sees the old file or the new one, never a part."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gpt2repro.atomic import atomic_file, write_bytes_atomic, write_text_atomic
+
+
+def test_writers_replace_the_file_and_leave_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "results.json"
+    write_text_atomic(target, "old\n")
+    write_text_atomic(target, "new ✓\n")
+    assert target.read_text(encoding="utf-8") == "new ✓\n"
+    write_bytes_atomic(target, b"\x00\x01")
+    assert target.read_bytes() == b"\x00\x01"
+    assert [p.name for p in target.parent.iterdir()] == ["results.json"]
+
+
+def test_an_error_mid_write_keeps_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "tokenizer.json"
+    target.write_text("complete")
+    with pytest.raises(RuntimeError, match="disk full"), atomic_file(target) as tmp:
+        tmp.write_text("half of the new")
+        raise RuntimeError("disk full")
+    assert target.read_text() == "complete"
+    assert [p.name for p in tmp_path.iterdir()] == ["tokenizer.json"]
+
+
+def test_the_new_file_appears_only_at_the_rename(tmp_path: Path) -> None:
+    target = tmp_path / "input.txt"
+    with atomic_file(target) as tmp:
+        tmp.write_text("all of it")
+        assert not target.exists() and tmp.parent == tmp_path and tmp.name.startswith(".")
+    assert target.read_text() == "all of it" and not tmp.exists()
