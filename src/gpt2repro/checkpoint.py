@@ -197,7 +197,9 @@ def rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # This process's GPU only (torchrun sets it per rank): a resume on a machine with
+        # fewer GPUs must not need a generator for each GPU of the old one.
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -208,7 +210,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy(), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        if isinstance(cuda, list | tuple):  # older checkpoints saved every visible GPU's
+            cuda = cuda[min(torch.cuda.current_device(), len(cuda) - 1)]
+        torch.cuda.set_rng_state(cuda)
 
 
 def _flat_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:

@@ -78,6 +78,25 @@ def init_distributed(device: torch.device, timeout_minutes: float = TIMEOUT_MINU
     return info
 
 
+# Rank 0 may prepare a dataset (hours for FineWeb-Edu) while the others wait for it.
+SETUP_TIMEOUT_HOURS = 48.0
+
+
+def wait_for_main(info: DistInfo) -> None:
+    """Every rank waits here until all have arrived, however long rank 0's setup takes.
+
+    A barrier on the training group would be cut off by its timeout (NCCL's watchdog after
+    10 minutes), so this one runs on a separate gloo group on the CPU, with a timeout of
+    `SETUP_TIMEOUT_HOURS`. Creating the group is itself collective: call this from every
+    rank at the same points.
+    """
+    if not info.enabled:
+        return
+    group = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=SETUP_TIMEOUT_HOURS))
+    dist.barrier(group=group)
+    dist.destroy_process_group(group)
+
+
 def shutdown(wait: bool = False) -> None:
     """Leave the process group; `wait` first for every rank to get here (a job's normal end).
 

@@ -2,17 +2,16 @@
 
 `data.tokenizer = "train:N"` trains an N-token byte-level BPE on the dataset's training
 documents (never its validation documents) once, and caches it under the data root.
-Rank 0 does the work; the other ranks wait at a barrier and then read the result.
+Rank 0 does the work; the other ranks wait (`distributed.wait_for_main`, no 10-minute
+limit) and then read the result.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch.distributed as torch_dist
-
 from gpt2repro.config import DataConfig
-from gpt2repro.distributed import DistInfo, print0
+from gpt2repro.distributed import DistInfo, print0, wait_for_main
 from gpt2repro.tokenizer import train_bpe_from_texts
 
 
@@ -53,13 +52,8 @@ def resolve_tokenizer_spec(cfg: DataConfig, dist: DistInfo) -> str:
     path = tokenizer_path(cfg, vocab_size)
     if dist.is_main:
         train_dataset_tokenizer(cfg, vocab_size, dist)
-    _barrier(dist)
+    wait_for_main(dist)
     return str(path)
-
-
-def _barrier(dist: DistInfo) -> None:
-    if dist.enabled:
-        torch_dist.barrier()
 
 
 def ensure_dataset(cfg: DataConfig, dist: DistInfo) -> tuple[Path, str]:
@@ -70,5 +64,5 @@ def ensure_dataset(cfg: DataConfig, dist: DistInfo) -> tuple[Path, str]:
     spec = resolve_tokenizer_spec(cfg, dist)
     if dist.is_main and cfg.prepare_if_missing and not Path(cfg.dataset).is_dir():
         prepare_dataset(cfg.dataset, cfg.data_root, spec)
-    _barrier(dist)
+    wait_for_main(dist)
     return resolve_dataset(cfg.dataset, cfg.data_root, spec), spec

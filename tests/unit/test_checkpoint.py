@@ -15,6 +15,7 @@ from gpt2repro.checkpoint import (
     load_train_state,
     restore_train_checkpoint,
     restore_weights,
+    rng_state,
     save_checkpoint,
     save_train_checkpoint,
     set_rng_state,
@@ -103,3 +104,33 @@ def test_resume_refuses_a_different_model(tiny_model: GPT, tmp_path: Path) -> No
     wider = GPT(replace(tiny_model.config, n_embd=64))
     with pytest.raises(ValueError, match="n_embd 32 -> 64"):
         restore_weights(path, wider)
+
+
+class FakeCuda:
+    """torch.cuda's RNG calls on a machine with `n` GPUs, this process on GPU `current`."""
+
+    def __init__(self, n: int, current: int) -> None:
+        self.n, self.current = n, current
+        self.set: list[torch.Tensor] = []
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: self.current)
+        monkeypatch.setattr(torch.cuda, "get_rng_state", lambda: torch.full((4,), self.current))
+        monkeypatch.setattr(torch.cuda, "set_rng_state", self.set.append)
+
+
+def test_cuda_rng_is_this_gpus_and_resumes_on_fewer_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Rank 3 of an 8-GPU node saves its own GPU's generator, not all eight.
+    eight = FakeCuda(8, current=3)
+    eight.install(monkeypatch)
+    saved = rng_state()
+    assert torch.equal(saved["cuda"], torch.full((4,), 3))
+    # Resumed on a one-GPU machine, the generator goes to the one GPU there.
+    one = FakeCuda(1, current=0)
+    one.install(monkeypatch)
+    set_rng_state(saved)
+    assert len(one.set) == 1 and torch.equal(one.set[0], torch.full((4,), 3))
+    # A checkpoint of the older layout (every GPU's generator, a list) resumes too.
+    set_rng_state({**saved, "cuda": [torch.full((4,), i) for i in range(8)]})
+    assert torch.equal(one.set[1], torch.full((4,), 0))
