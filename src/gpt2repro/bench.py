@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from gpt2repro.loading import load_source
-from gpt2repro.runtime import resolve_device, seed_everything
+from gpt2repro.runtime import resolve_device, seed_everything, sync
 from gpt2repro.sampling import SamplingConfig, generate
 
 
@@ -29,14 +29,8 @@ def hardware() -> dict[str, Any]:
         "python": platform.python_version(),
     }
     if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
+        info["gpu"] = torch.cuda.get_device_name()  # the current one: resolve_device set it
     return info
-
-
-def sync(device: torch.device) -> None:
-    """Wait for queued GPU work so wall-clock timings mean something."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def bench_sample(

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from gpt2repro.loss import linear_cross_entropy
 from gpt2repro.parallelize import autocast
-from gpt2repro.runtime import resolve_device
+from gpt2repro.runtime import resolve_device, sync
 
 PATHS = ("naive", "chunked")
 
@@ -56,7 +56,7 @@ def _measure(
     device = resolve_device(device_name)
     x, w, t = _inputs(tokens, n_embd, vocab, device)
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
     else:
@@ -68,8 +68,7 @@ def _measure(
             loss = _loss(path, x, w, t, vocab)
         loss.backward()
         x.grad = w.grad = None
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         times.append(time.perf_counter() - t0)
     times.sort()
     return {

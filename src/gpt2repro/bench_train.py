@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from gpt2repro.bench import hardware, sync
-from gpt2repro.runtime import resolve_device, seed_everything
+from gpt2repro.bench import hardware
+from gpt2repro.runtime import resolve_device, seed_everything, sync
 
 TRAIN_SHAPES = {
     # name: (model preset, micro-batch on CPU, micro-batch on CUDA, sequence length)

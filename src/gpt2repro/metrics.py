@@ -11,10 +11,14 @@ import torch
 
 from gpt2repro.atomic import write_text_atomic
 from gpt2repro.model import GPTConfig
+from gpt2repro.runtime import sync
 
-# Dense (no sparsity) datasheet peaks in FLOP/s, by a substring of the device name.
+# Dense (no sparsity) datasheet peaks in FLOP/s, by a substring of the device name; the
+# first key found wins, so the PCIe and NVL H100s come before the SXM one.
 GPU_PEAK_FLOPS: dict[str, dict[str, float]] = {
     "H200": {"bf16": 989e12, "fp16": 989e12, "tf32": 494e12, "fp32": 67e12},
+    "H100 PCIe": {"bf16": 756e12, "fp16": 756e12, "tf32": 378e12, "fp32": 51e12},
+    "H100 NVL": {"bf16": 835e12, "fp16": 835e12, "tf32": 418e12, "fp32": 60e12},
     "H100": {"bf16": 989e12, "fp16": 989e12, "tf32": 494e12, "fp32": 67e12},  # SXM
     "A100": {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12},
     "L40S": {"bf16": 362e12, "fp16": 362e12, "tf32": 183e12, "fp32": 91.6e12},
@@ -63,16 +67,18 @@ def measure_matmul_rates(
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b  # warm-up
+    # On a GPU the host only queues work: wait every few products, or a window would queue
+    # a thousand of them before its clock ran out and last that much longer.
+    per_wait = 4 if device.type == "cuda" else 1
     rates = []
     for _ in range(trials):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         count, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds / trials:
-            a @ b
-            count += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+            for _ in range(per_wait):
+                a @ b
+            count += per_wait
+            sync(device)
         rates.append(2 * n**3 * count / (time.perf_counter() - t0))
     return rates
 

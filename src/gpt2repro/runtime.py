@@ -23,7 +23,21 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise ValueError(
             f"Device {name!r} requested but CUDA is not available here; use --device cpu."
         )
+    if device.type == "cuda" and device.index is not None:
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"Device {name!r} requested but this machine has {torch.cuda.device_count()} GPU(s)."
+            )
+        # Make it the current GPU, so calls without a device (synchronize, the RNG,
+        # get_device_name, kernels of libraries) act on it rather than on GPU 0.
+        torch.cuda.set_device(device)
     return device
+
+
+def sync(device: torch.device) -> None:
+    """Wait for `device`'s queued work, so that wall-clock timings mean something."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def seed_everything(seed: int) -> None:

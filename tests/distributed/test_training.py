@@ -123,3 +123,16 @@ def test_two_nodes_over_c10d(
     saved = sorted(p.name for p in (out_dir / "checkpoints").glob("step_*"))
     assert saved == [f"step_{s:06d}" for s in (4, 8, 12)]
     load_model(out_dir / "checkpoints" / f"step_{STEPS:06d}")
+
+
+def test_compiled_ddp_matches_one_compiled_process(corpus: SimpleNamespace, tmp_path: Path) -> None:
+    """torch.compile around DDP (dynamo splits the graph at DDP's buckets) trains like one
+    compiled process with the whole micro-batch."""
+    compiled = {"run.compile": "True", "eval.sample-interval": 0}
+    one = single(train_args(corpus, tmp_path / "single", **compiled))
+    finish(torchrun(train_args(corpus, tmp_path / "ddp", **compiled, **{"batch.micro-batch": 2})))
+    finish(one)
+    a, b = metrics(tmp_path / "single"), metrics(tmp_path / "ddp")
+    assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
+    assert max(abs(a[k] - b[k]) for k in a) < TOL, (a, b)
+    assert max_abs_diff(weights(tmp_path / "single", STEPS), weights(tmp_path / "ddp", STEPS)) < TOL

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from gpt2repro.bench import hardware, sync
+from gpt2repro.bench import hardware
 from gpt2repro.distributed import DistInfo
 from gpt2repro.evaluation.hellaswag import (
     ENDINGS,
@@ -38,7 +38,7 @@ from gpt2repro.evaluation.hellaswag import (
 )
 from gpt2repro.loading import load_source
 from gpt2repro.parallelize import resolve_dtype
-from gpt2repro.runtime import resolve_device, seed_everything
+from gpt2repro.runtime import resolve_device, seed_everything, sync
 from gpt2repro.tokenizer import Tokenizer
 
 WORDS = (

@@ -27,6 +27,14 @@ def bits_per_byte(loss_nats: float, tokens: int, nbytes: int) -> float:
 
 
 @torch.no_grad()
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` on `device`; to a GPU through page-locked memory, so the copy does not wait for
+    the GPU to finish the previous batch."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def split_loss(
     model: torch.nn.Module,
     data_dir: Path,
@@ -51,7 +59,7 @@ def split_loss(
                 with autocast(device, dtype):
                     model(torch.zeros((1, seq_len), dtype=torch.long, device=device))
             continue
-        x, y = batch[0].to(device), batch[1].to(device)
+        x, y = (to_device(t, device) for t in batch)
         with autocast(device, dtype):
             loss = model(x, y)
         total += loss.double() * y.numel()

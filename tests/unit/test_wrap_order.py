@@ -1,0 +1,32 @@
+"""wrap_model puts DDP inside torch.compile, and grad_sync still finds it to skip the
+all-reduce on accumulation micro-steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed as torch_dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from gpt2repro.checkpoint import unwrap
+from gpt2repro.distributed import DistInfo
+from gpt2repro.model import GPT, GPTConfig
+from gpt2repro.parallelize import grad_sync, wrap_model
+
+
+def test_ddp_is_inside_compile_and_no_sync_reaches_it(tmp_path: Path) -> None:
+    # A one-process gloo group stands in for the job; DistInfo says "several ranks".
+    torch_dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        gpt = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16))
+        model = wrap_model(gpt, torch.device("cpu"), compile=True, dist=DistInfo(world_size=2))
+        inner = getattr(model, "_orig_mod", None)
+        assert isinstance(inner, DDP) and unwrap(model) is gpt
+        with grad_sync(model, sync=False):
+            assert not inner.require_backward_grad_sync
+        assert inner.require_backward_grad_sync
+    finally:
+        torch_dist.destroy_process_group()
