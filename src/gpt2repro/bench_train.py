@@ -113,6 +113,8 @@ class Variant:
             "measured_median_tflops": typical / 1e12,
             "step_s": self.times,
             "peak_memory_gb": peak_memory_bytes(self.device) / 1e9,
+            # On CUDA, configure_backends lets fp32 matmuls run as TF32, as training does.
+            "tf32_matmuls": self.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32,
         }
 
 

@@ -245,10 +245,15 @@ def log_train(
     lr: float,
     t_log: float,
     steps: int,
+    train_dt: float,
 ) -> None:
-    """One line and one JSONL record per log interval (rank 0); `loss_avg` is the mean over ranks."""
+    """One line and one JSONL record per log interval (rank 0); `loss_avg` is the mean over ranks.
+
+    Throughput and MFU count the interval's training steps only (`train_dt`), not the
+    evaluations, samples and checkpoints in it; the ETA counts them all (wall time).
+    """
     dt = max(time.perf_counter() - t_log, 1e-9)
-    tok_s = steps * s.cfg.batch.tokens_per_step / dt
+    tok_s = steps * s.cfg.batch.tokens_per_step / max(train_dt, 1e-9)
     mfu = tok_s * s.flops_per_token / s.peak_flops / s.dist.world_size if s.peak_flops else 0.0
     remaining = (s.cfg.run.max_steps - state.step) * dt / steps
     rec = {
@@ -303,7 +308,7 @@ def train(cfg: TrainConfig) -> RunResult:
     if s.dist.is_main:
         s.writer.truncate_after(state.step)
     stopped_by, last = "finished", None
-    t_log, steps_since_log = time.perf_counter(), 0
+    t_log, steps_since_log, train_s_log = time.perf_counter(), 0, state.train_seconds
     with StopRequest() as stop:
         while state.step < c.run.max_steps:
             lr = lr_at(state.step, c.optim, c.run.max_steps)
@@ -319,8 +324,9 @@ def train(cfg: TrainConfig) -> RunResult:
             state.train_seconds += time.perf_counter() - t0
             steps_since_log += 1
             if due(state.step, c.log.interval) or state.step == c.run.max_steps:
-                log_train(s, state, loss_avg, norm, lr, t_log, steps_since_log)
-                t_log, steps_since_log = time.perf_counter(), 0
+                train_dt = state.train_seconds - train_s_log
+                log_train(s, state, loss_avg, norm, lr, t_log, steps_since_log, train_dt)
+                t_log, steps_since_log, train_s_log = time.perf_counter(), 0, state.train_seconds
             if state.bad_streak >= c.stability.max_bad_steps:
                 stopped_by = "unstable"
                 break

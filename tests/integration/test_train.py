@@ -236,6 +236,28 @@ def test_non_finite_steps_are_skipped_then_stop(
     assert not (tmp_path / "run" / "checkpoints" / "step_000009").exists()
 
 
+def test_throughput_excludes_evaluation_time(
+    corpus: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_evaluate = train_module.evaluate
+
+    def slow_evaluate(s, state):  # type: ignore[no-untyped-def]
+        time.sleep(2.0)  # far longer than the four tiny training steps of a log interval
+        return real_evaluate(s, state)
+
+    monkeypatch.setattr(train_module, "evaluate", slow_evaluate)
+    cfg = tiny_config(corpus, tmp_path / "run", steps=8)
+    cfg.log.interval, cfg.eval.interval, cfg.eval.sample_interval = 4, 4, 0
+    cfg.log.tensorboard = False
+    train_module.train(cfg)
+    rows = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    rate = {r["step"]: r["tokens_per_s"] for r in rows if r["kind"] == "train"}
+    # Steps 5-8 follow the evaluation at step 4; counted in, it would cut their rate ~20x.
+    assert rate[8] > rate[4] / 4, rate
+
+
 def test_spike_detection() -> None:
     s = SimpleNamespace(
         cfg=SimpleNamespace(stability=StabilityConfig(spike_zscore=4.0)),
