@@ -237,8 +237,9 @@ def busy_moments(
     early = 0 if accum_steps == 1 else (FP32 * P if fsdp else grads)
     grads = max(grads, early)
     if parallel == "ddp" and world_size > 1:
-        # DDP's bucket buffers hold a second copy of every gradient, from construction on.
-        grads, early = grads + FP32 * P, early + FP32 * P
+        # The gradients are views of DDP's bucket buffers (gradient_as_bucket_view), which
+        # exist from construction on: held through every forward pass too.
+        early = grads
     held = (params, early, optimizer, weight_copy_bytes(model, dtype, fsdp))
     math = uses_math_attention(device_type, dtype, seq_len)
     acts = activation_bytes(model, micro_batch, seq_len, dtype, math)

@@ -118,7 +118,9 @@ def wrap_model(
     wrapped: nn.Module = model
     if dist.enabled:
         ids = [dist.local_rank] if device.type == "cuda" else None
-        wrapped = DDP(wrapped, device_ids=ids)
+        # The gradients live in DDP's all-reduce buckets instead of beside a copy of them:
+        # one model's worth of fp32 less memory, and no copy in and out of the buckets.
+        wrapped = DDP(wrapped, device_ids=ids, gradient_as_bucket_view=True)
     if compile:
         wrapped = torch.compile(wrapped)  # type: ignore[assignment]
     return wrapped

@@ -1,5 +1,5 @@
 """wrap_model puts DDP inside torch.compile, and grad_sync still finds it to skip the
-all-reduce on accumulation micro-steps."""
+all-reduce on accumulation micro-steps; DDP's gradients are views of its buckets."""
 
 from __future__ import annotations
 
@@ -28,5 +28,23 @@ def test_ddp_is_inside_compile_and_no_sync_reaches_it(tmp_path: Path) -> None:
         with grad_sync(model, sync=False):
             assert not inner.require_backward_grad_sync
         assert inner.require_backward_grad_sync
+    finally:
+        torch_dist.destroy_process_group()
+
+
+def test_ddp_gradients_are_bucket_views_across_steps(tmp_path: Path) -> None:
+    torch_dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        torch.manual_seed(0)
+        gpt = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16))
+        model = wrap_model(gpt, torch.device("cpu"), compile=False, dist=DistInfo(world_size=2))
+        x = torch.randint(0, 64, (2, 8))
+        for _ in range(2):  # set_to_none between steps must not lose the views
+            model(x, x).backward()
+            grads = [p.grad for p in gpt.parameters()]
+            assert all(g is not None and g._base is not None for g in grads)
+            gpt.zero_grad(set_to_none=True)
     finally:
         torch_dist.destroy_process_group()
