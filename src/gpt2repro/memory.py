@@ -237,9 +237,11 @@ def busy_moments(
     early = 0 if accum_steps == 1 else (FP32 * P if fsdp else grads)
     grads = max(grads, early)
     if parallel == "ddp" and world_size > 1:
-        # The gradients are views of DDP's bucket buffers (gradient_as_bucket_view), which
-        # exist from construction on: held through every forward pass too.
-        early = grads
+        # The gradients are views of DDP's buckets (gradient_as_bucket_view), which exist
+        # from construction on. With accumulation, the first step's no_sync micro-steps still
+        # make gradients of their own beside them, until its last micro-step moves them in.
+        extra = FP32 * P if accum_steps > 1 else 0
+        grads = early = FP32 * P + extra
     held = (params, early, optimizer, weight_copy_bytes(model, dtype, fsdp))
     math = uses_math_attention(device_type, dtype, seq_len)
     acts = activation_bytes(model, micro_batch, seq_len, dtype, math)

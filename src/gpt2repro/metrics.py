@@ -14,8 +14,9 @@ from gpt2repro.model import GPTConfig
 from gpt2repro.runtime import sync
 
 # Dense (no sparsity) datasheet peaks in FLOP/s, by a substring of the device name; the
-# first key found wins, so the PCIe and NVL H100s come before the SXM one.
+# first key found wins, so the PCIe and NVL parts come before the SXM ones.
 GPU_PEAK_FLOPS: dict[str, dict[str, float]] = {
+    "H200 NVL": {"bf16": 835e12, "fp16": 835e12, "tf32": 418e12, "fp32": 60e12},
     "H200": {"bf16": 989e12, "fp16": 989e12, "tf32": 494e12, "fp32": 67e12},
     "H100 PCIe": {"bf16": 756e12, "fp16": 756e12, "tf32": 378e12, "fp32": 51e12},
     "H100 NVL": {"bf16": 835e12, "fp16": 835e12, "tf32": 418e12, "fp32": 60e12},

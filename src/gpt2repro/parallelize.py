@@ -188,6 +188,14 @@ def grad_sync(model: nn.Module, sync: bool) -> Iterator[None]:
         yield
 
 
+def zero_grads(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Clear the gradients after an optimizer step: to None, which frees them until the next
+    backward, except under DDP. There they are views of DDP's buckets and are zeroed in
+    place: set to None, the next accumulation's no_sync micro-steps would allocate
+    gradients beside the buckets, a second copy of the model until the step's last one."""
+    optimizer.zero_grad(set_to_none=not isinstance(getattr(model, "_orig_mod", model), DDP))
+
+
 def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
     """torch.nn.utils.clip_grad_norm_, also for sharded gradients; returns the global norm.
 

@@ -34,6 +34,7 @@ from gpt2repro.parallelize import (
     grad_sync,
     is_sharded,
     train_forward_context,
+    zero_grads,
 )
 from gpt2repro.plot import plot_loss
 from gpt2repro.sampling import SamplingConfig, generate
@@ -135,7 +136,7 @@ def apply_step(s: Session, state: TrainState, loss: float, norm: float) -> bool:
         state.bad_streak = 0
         state.recent_losses = [*state.recent_losses[-49:], loss]
     s.scaler.update()
-    s.optimizer.zero_grad(set_to_none=True)
+    zero_grads(s.model, s.optimizer)
     return not bad
 
 

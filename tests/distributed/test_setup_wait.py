@@ -13,7 +13,7 @@ import pytest
 from .launch import child_env
 
 WORKER = Path(__file__).with_name("wait_worker.py")
-DELAY_S = 8.0  # beyond the worker's 3 s group timeout
+DELAY_S = 16.0  # beyond the worker's 10 s group timeout
 
 
 def launch(mode: str) -> subprocess.CompletedProcess[str]:

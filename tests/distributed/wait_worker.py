@@ -13,7 +13,7 @@ import torch.distributed as torch_dist
 
 from gpt2repro.distributed import all_reduce_sum, init_distributed, shutdown, wait_for_main
 
-GROUP_TIMEOUT_MINUTES = 0.05  # 3 s
+GROUP_TIMEOUT_MINUTES = 10 / 60  # also bounds the start-up rendezvous: room for a slow import
 
 
 def main(mode: str, delay_s: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,21 @@ def test_the_new_file_appears_only_at_the_rename(tmp_path: Path) -> None:
         tmp.write_text("all of it")
         assert not target.exists() and tmp.parent == tmp_path and tmp.name.startswith(".")
     assert target.read_text() == "all of it" and not tmp.exists()
+
+
+def test_a_killed_writers_temporary_is_reused_by_the_next_write(tmp_path: Path) -> None:
+    target = tmp_path / "progress.json"
+    with pytest.raises(KeyboardInterrupt), atomic_file(target) as tmp:
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+    (tmp_path / ".progress.json.tmp").write_text("left by a SIGKILL")  # no cleanup ran
+    write_text_atomic(target, "{}")
+    assert [p.name for p in tmp_path.iterdir()] == ["progress.json"]
+
+
+def test_unique_temporaries_name_the_writer(tmp_path: Path) -> None:
+    target = tmp_path / "eval_results.json"
+    with atomic_file(target, unique=True) as tmp:
+        assert tmp.name.startswith(f".eval_results.json.tmp-{os.getpid()}-")
+        tmp.write_text("x")
+    assert target.read_text() == "x"

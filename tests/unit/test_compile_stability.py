@@ -1,5 +1,6 @@
-"""A compiled model is compiled a bounded number of times: training steps, validation
-passes (including a last, shorter batch) and a second validation never add graphs."""
+"""Validation and compilation: a compiled model is compiled a bounded number of times
+(training steps, validation passes with a last, shorter batch, and a second validation add
+no graphs), and validation runs without autograd."""
 
 from __future__ import annotations
 
@@ -37,3 +38,13 @@ def test_validation_does_not_recompile_on_each_call(corpus: SimpleNamespace) -> 
     assert counter.frame_count == settled, f"{counter.frame_count - settled} recompilations"
     # train mode, eval mode, and eval mode for the shorter last batch: at most three graphs
     assert settled <= 3, settled
+
+
+def test_validation_keeps_no_autograd_graph(corpus: SimpleNamespace) -> None:
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=300, block_size=SEQ, n_layer=1, n_head=2, n_embd=16))
+    seen: list[bool] = []
+    gpt.register_forward_hook(lambda *_: seen.append(torch.is_grad_enabled()))
+    cpu, one = torch.device("cpu"), DistInfo()
+    split_loss(gpt, corpus.data_dir, "val", BATCH, SEQ, TOKENS, cpu, "fp32", one)
+    assert seen and not any(seen)  # a graph per batch would keep every batch's activations

@@ -62,6 +62,8 @@ def test_parallel_modes_shard_or_duplicate_state() -> None:
     assert fsdp.params == 4 * P // 8 and fsdp.optimizer == 8 * P // 8
     ddp_forward = busy_moments(m, 8, 128, "bf16", "cuda", world_size=2, parallel="ddp")[0]
     assert ddp.grads == ddp_forward.grads == 4 * P  # gradients are DDP's buckets, always there
+    accum = busy_moments(m, 8, 128, "bf16", "cuda", world_size=2, parallel="ddp", accum_steps=4)
+    assert accum[0].grads == accum[-1].grads == 8 * P  # the first step's no_sync gradients too
     assert fsdp.total < one.total
 
 

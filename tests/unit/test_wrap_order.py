@@ -10,9 +10,11 @@ import torch.distributed as torch_dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gpt2repro.checkpoint import unwrap
+from gpt2repro.config import OptimConfig
 from gpt2repro.distributed import DistInfo
 from gpt2repro.model import GPT, GPTConfig
-from gpt2repro.parallelize import grad_sync, wrap_model
+from gpt2repro.optim import build_optimizer
+from gpt2repro.parallelize import grad_sync, wrap_model, zero_grads
 
 
 def test_ddp_is_inside_compile_and_no_sync_reaches_it(tmp_path: Path) -> None:
@@ -32,7 +34,7 @@ def test_ddp_is_inside_compile_and_no_sync_reaches_it(tmp_path: Path) -> None:
         torch_dist.destroy_process_group()
 
 
-def test_ddp_gradients_are_bucket_views_across_steps(tmp_path: Path) -> None:
+def test_ddp_gradients_stay_bucket_views_through_accumulation(tmp_path: Path) -> None:
     torch_dist.init_process_group(
         "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
     )
@@ -40,11 +42,18 @@ def test_ddp_gradients_are_bucket_views_across_steps(tmp_path: Path) -> None:
         torch.manual_seed(0)
         gpt = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16))
         model = wrap_model(gpt, torch.device("cpu"), compile=False, dist=DistInfo(world_size=2))
+        opt = build_optimizer(gpt, OptimConfig(), torch.device("cpu"))
         x = torch.randint(0, 64, (2, 8))
-        for _ in range(2):  # set_to_none between steps must not lose the views
-            model(x, x).backward()
-            grads = [p.grad for p in gpt.parameters()]
-            assert all(g is not None and g._base is not None for g in grads)
-            gpt.zero_grad(set_to_none=True)
+        for step in range(3):
+            for micro in range(2):  # as train_step: the first micro-step under no_sync
+                with grad_sync(model, sync=micro == 1):
+                    model(x, x).backward()
+                # From the second step on, every micro-step accumulates into the buckets.
+                if step > 0 or micro == 1:
+                    assert all(
+                        p.grad is not None and p.grad._base is not None for p in gpt.parameters()
+                    )
+            opt.step()
+            zero_grads(model, opt)
     finally:
         torch_dist.destroy_process_group()

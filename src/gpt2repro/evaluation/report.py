@@ -148,5 +148,6 @@ def write_results(
     data["results"].update(new)
     data["model"] = model
     data["format_version"] = FORMAT_VERSION
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    # unique: evaluations of one model may run side by side and write this file at once.
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n", unique=True)
     return data

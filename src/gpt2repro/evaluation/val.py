@@ -26,7 +26,6 @@ def bits_per_byte(loss_nats: float, tokens: int, nbytes: int) -> float:
     return loss_nats / math.log(2) * tokens / nbytes
 
 
-@torch.no_grad()
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """`t` on `device`; to a GPU through page-locked memory, so the copy does not wait for
     the GPU to finish the previous batch."""
@@ -35,6 +34,7 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.pin_memory().to(device, non_blocking=True)
 
 
+@torch.no_grad()
 def split_loss(
     model: torch.nn.Module,
     data_dir: Path,
