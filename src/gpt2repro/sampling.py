@@ -69,6 +69,13 @@ def next_token(
 
 
 @torch.no_grad()
+def cache_dtype(param: torch.Tensor) -> torch.dtype:
+    """The dtype attention's keys and values come out in: autocast's where it is on (a wider
+    cache would only be cast back down at every step, over its whole length), else the weights'."""
+    kind = param.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else param.dtype
+
+
 def generate(
     model: GPT,
     prompt: torch.Tensor,
@@ -97,7 +104,7 @@ def generate(
     cache = None
     if use_cache:
         param = next(model.parameters())
-        cache = KVCache(model.config, prompt.size(0), block, param.device, param.dtype)
+        cache = KVCache(model.config, prompt.size(0), block, param.device, cache_dtype(param))
     logits = model(idx, cache=cache)[:, -1, :]  # (B, V)
     for step in range(cfg.max_new_tokens):
         tok = next_token(logits, cfg, generator)  # (B, 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gpt2repro import sampling
 from gpt2repro.model import GPT
 from gpt2repro.sampling import SamplingConfig, filter_logits, generate
 
@@ -77,3 +78,27 @@ def test_bad_settings_and_prompts(tiny_model: GPT) -> None:
         SamplingConfig(top_p=1.5)
     with pytest.raises(ValueError, match="context is 32"):
         generate(tiny_model, torch.zeros(1, 33, dtype=torch.long), SamplingConfig(1))
+
+
+def test_cache_takes_autocasts_dtype_with_the_same_tokens(
+    tiny_model: GPT, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under bf16 autocast keys and values are bf16 already: a bf16 cache stores them
+    exactly as an fp32 one would, at half the memory and without a cast per step."""
+    made: list[torch.dtype] = []
+    real_cache = sampling.KVCache
+
+    def recording_cache(*args: object) -> object:
+        cache = real_cache(*args)  # type: ignore[arg-type]
+        made.append(cache.k.dtype)
+        return cache
+
+    monkeypatch.setattr(sampling, "KVCache", recording_cache)
+    prompt = torch.randint(0, tiny_model.config.vocab_size, (2, 5))
+    cfg = SamplingConfig(max_new_tokens=20, temperature=0.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16_cache = generate(tiny_model, prompt, cfg)
+        monkeypatch.setattr(sampling, "cache_dtype", lambda param: torch.float32)
+        fp32_cache = generate(tiny_model, prompt, cfg)
+    assert made == [torch.bfloat16, torch.float32]
+    assert torch.equal(bf16_cache, fp32_cache)

@@ -41,7 +41,7 @@ from gpt2repro.checkpoint import unwrap
 from gpt2repro.model import KVCache
 from gpt2repro.parallelize import autocast, resolve_dtype
 from gpt2repro.runtime import resolve_device
-from gpt2repro.sampling import SamplingConfig, next_token
+from gpt2repro.sampling import SamplingConfig, cache_dtype, next_token
 from gpt2repro.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -229,10 +229,11 @@ class GPT2ReproLM(TemplateLM):  # type: ignore[misc]
         """Decode token by token with the KV cache until a stop sequence or max_new_tokens."""
         gpt = unwrap(self.model)  # uncompiled: one token at a time would recompile
         param = next(gpt.parameters())
-        cache = KVCache(gpt.config, 1, len(prompt) + cfg.max_new_tokens, param.device, param.dtype)
         idx = torch.tensor([prompt], dtype=torch.long, device=self._device)  # (1, T)
         new: list[int] = []
         with autocast(self._device, self.dtype):
+            size = len(prompt) + cfg.max_new_tokens
+            cache = KVCache(gpt.config, 1, size, param.device, cache_dtype(param))
             logits = gpt(idx, cache=cache)[:, -1, :]  # (1, V)
             for _ in range(cfg.max_new_tokens):
                 tok = next_token(logits, cfg, None)  # (1, 1)
