@@ -3,8 +3,10 @@ all-reduce on accumulation micro-steps; DDP's gradients are views of its buckets
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as torch_dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -17,43 +19,42 @@ from gpt2repro.optim import build_optimizer
 from gpt2repro.parallelize import grad_sync, wrap_model, zero_grads
 
 
-def test_ddp_is_inside_compile_and_no_sync_reaches_it(tmp_path: Path) -> None:
-    # A one-process gloo group stands in for the job; DistInfo says "several ranks".
+@pytest.fixture
+def process_group(tmp_path: Path) -> Iterator[None]:
+    """A one-process gloo group stands in for the job; the tests' DistInfo says "several ranks"."""
     torch_dist.init_process_group(
         "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
     )
-    try:
-        gpt = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16))
-        model = wrap_model(gpt, torch.device("cpu"), compile=True, dist=DistInfo(world_size=2))
-        inner = getattr(model, "_orig_mod", None)
-        assert isinstance(inner, DDP) and unwrap(model) is gpt
-        with grad_sync(model, sync=False):
-            assert not inner.require_backward_grad_sync
-        assert inner.require_backward_grad_sync
-    finally:
-        torch_dist.destroy_process_group()
+    yield
+    torch_dist.destroy_process_group()
 
 
-def test_ddp_gradients_stay_bucket_views_through_accumulation(tmp_path: Path) -> None:
-    torch_dist.init_process_group(
-        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
-    )
-    try:
-        torch.manual_seed(0)
-        gpt = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16))
-        model = wrap_model(gpt, torch.device("cpu"), compile=False, dist=DistInfo(world_size=2))
-        opt = build_optimizer(gpt, OptimConfig(), torch.device("cpu"))
-        x = torch.randint(0, 64, (2, 8))
-        for step in range(3):
-            for micro in range(2):  # as train_step: the first micro-step under no_sync
-                with grad_sync(model, sync=micro == 1):
-                    model(x, x).backward()
-                # From the second step on, every micro-step accumulates into the buckets.
-                if step > 0 or micro == 1:
-                    assert all(
-                        p.grad is not None and p.grad._base is not None for p in gpt.parameters()
-                    )
-            opt.step()
-            zero_grads(model, opt)
-    finally:
-        torch_dist.destroy_process_group()
+@pytest.mark.usefixtures("process_group")
+def test_ddp_is_inside_compile_and_no_sync_reaches_it() -> None:
+    gpt = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    model = wrap_model(gpt, torch.device("cpu"), compile=True, dist=DistInfo(world_size=2))
+    inner = getattr(model, "_orig_mod", None)
+    assert isinstance(inner, DDP) and unwrap(model) is gpt
+    with grad_sync(model, sync=False):
+        assert not inner.require_backward_grad_sync
+    assert inner.require_backward_grad_sync
+
+
+@pytest.mark.usefixtures("process_group")
+def test_ddp_gradients_stay_bucket_views_through_accumulation() -> None:
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    model = wrap_model(gpt, torch.device("cpu"), compile=False, dist=DistInfo(world_size=2))
+    opt = build_optimizer(gpt, OptimConfig(), torch.device("cpu"))
+    x = torch.randint(0, 64, (2, 8))
+    for step in range(3):
+        for micro in range(2):  # as train_step: the first micro-step under no_sync
+            with grad_sync(model, sync=micro == 1):
+                model(x, x).backward()
+            # From the second step on, every micro-step accumulates into the buckets.
+            if step > 0 or micro == 1:
+                assert all(
+                    p.grad is not None and p.grad._base is not None for p in gpt.parameters()
+                )
+        opt.step()
+        zero_grads(model, opt)

@@ -29,7 +29,7 @@ import torch
 from gpt2repro.data.manifest import read_manifest, split_shards
 from gpt2repro.data.shards import ShardFormatError, read_tokens
 
-__all__ = ["TokenLoader", "eval_batches", "read_manifest"]
+__all__ = ["TokenLoader", "eval_batches", "read_manifest", "to_device"]
 
 STATE_KEYS = ("epoch", "batch", "seed", "batch_size", "seq_len", "world_size", "windows")
 
@@ -81,16 +81,18 @@ class Windows:
         return np.ascontiguousarray(buf[:, :-1]), np.ascontiguousarray(buf[:, 1:])
 
 
-def _to_device(
-    x: np.ndarray, y: np.ndarray, device: torch.device, pin: bool
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` on `device`; to a GPU through page-locked memory, so the copy runs asynchronously
+    with the GPU's work instead of waiting for it to finish."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def _batch_to_device(
+    x: np.ndarray, y: np.ndarray, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    if device.type == "cpu":
-        return xt, yt
-    if pin:
-        # Page-locked memory lets the copy run asynchronously with the GPU's work.
-        xt, yt = xt.pin_memory(), yt.pin_memory()
-    return xt.to(device, non_blocking=pin), yt.to(device, non_blocking=pin)
+    return to_device(torch.from_numpy(x), device), to_device(torch.from_numpy(y), device)
 
 
 class TokenLoader:
@@ -308,8 +310,8 @@ def _eval_iter(
     full = n // (B * W)
     for k in range(full):
         lo = (k * W + rank) * B
-        yield _to_device(*windows.gather(np.arange(lo, lo + B)), device, device.type == "cuda")
+        yield _batch_to_device(*windows.gather(np.arange(lo, lo + B)), device)
     share = (n - full * B * W) // W
     if share:
         lo = full * B * W + rank * share
-        yield _to_device(*windows.gather(np.arange(lo, lo + share)), device, device.type == "cuda")
+        yield _batch_to_device(*windows.gather(np.arange(lo, lo + share)), device)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from gpt2repro.data.loader import eval_batches, read_manifest
+from gpt2repro.data.loader import eval_batches, read_manifest, to_device
 from gpt2repro.distributed import DistInfo, all_reduce_sum, round_robin
 from gpt2repro.parallelize import autocast, is_sharded
 
@@ -24,14 +24,6 @@ from gpt2repro.parallelize import autocast, is_sharded
 def bits_per_byte(loss_nats: float, tokens: int, nbytes: int) -> float:
     """Mean loss in nats/token -> total bits / total bytes."""
     return loss_nats / math.log(2) * tokens / nbytes
-
-
-def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """`t` on `device`; to a GPU through page-locked memory, so the copy does not wait for
-    the GPU to finish the previous batch."""
-    if device.type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
 
 
 @torch.no_grad()
@@ -59,6 +51,7 @@ def split_loss(
                 with autocast(device, dtype):
                     model(torch.zeros((1, seq_len), dtype=torch.long, device=device))
             continue
+        # Batches stay on the CPU until this rank's turn (round_robin skips the others').
         x, y = (to_device(t, device) for t in batch)
         with autocast(device, dtype):
             loss = model(x, y)
