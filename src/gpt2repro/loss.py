@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 
 CHUNK_BYTES = {"cpu": 1 << 23, "default": 1 << 28}
 """Budget for one chunk's fp32 logits. On CPU 8 MiB keeps a chunk's softmax passes in cache
@@ -139,3 +140,19 @@ def linear_cross_entropy(
         return loss
     total, count, _, _ = _chunked_forward(x, weight, targets, vocab_size, chunk, grads=False)
     return total / count
+
+
+class LinearCrossEntropy(nn.Module):
+    """`linear_cross_entropy` as a parameterless module of the model (no state_dict keys).
+
+    A module so that it can be compiled in place from outside: under FSDP only modules are
+    compiled (each block, and this), and the head's softmax passes over (chunk, V) logits
+    would otherwise run eagerly, one memory pass per op.
+    """
+
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return linear_cross_entropy(x, weight, targets, self.vocab_size)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpt2repro.loss import linear_cross_entropy
+from gpt2repro.loss import LinearCrossEntropy
 
 
 @dataclass
@@ -191,6 +191,7 @@ class GPT(nn.Module):
         self.transformer = Transformer(config)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying, as in GPT-2
+        self.head_loss = LinearCrossEntropy(config.vocab_size)
         self.init_weights()
 
     @torch.no_grad()
@@ -255,9 +256,4 @@ class GPT(nn.Module):
             # Slice off the padded rows so they never receive probability mass.
             return self.lm_head(x)[..., : self.config.vocab_size]  # (B, T, vocab_size)
         # Chunked: the (B*T, vocab) fp32 logits of a micro-batch are never materialised.
-        return linear_cross_entropy(
-            x.reshape(B * T, -1),
-            self.lm_head.weight,
-            targets.reshape(B * T),
-            self.config.vocab_size,
-        )
+        return self.head_loss(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(B * T))

@@ -147,6 +147,11 @@ def shard_model(
         if compile:
             block.compile()
         fully_shard(block, mesh=mesh, mp_policy=policy)
+    if compile:
+        # The root's forward (embeddings, blocks, ln_f) stays eager around the compiled
+        # blocks; the head's chunked loss is the root's one costly part: compiled, its
+        # softmax passes over each (chunk, V) fp32 block fuse instead of one pass per op.
+        model.head_loss.compile()
     fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
 

@@ -125,14 +125,30 @@ def test_two_nodes_over_c10d(
     load_model(out_dir / "checkpoints" / f"step_{STEPS:06d}")
 
 
-def test_compiled_ddp_matches_one_compiled_process(corpus: SimpleNamespace, tmp_path: Path) -> None:
-    """torch.compile around DDP (dynamo splits the graph at DDP's buckets) trains like one
-    compiled process with the whole micro-batch."""
-    compiled = {"run.compile": "True", "eval.sample-interval": 0}
-    one = single(train_args(corpus, tmp_path / "single", **compiled))
-    finish(torchrun(train_args(corpus, tmp_path / "ddp", **compiled, **{"batch.micro-batch": 2})))
-    finish(one)
-    a, b = metrics(tmp_path / "single"), metrics(tmp_path / "ddp")
-    assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
-    assert max(abs(a[k] - b[k]) for k in a) < TOL, (a, b)
-    assert max_abs_diff(weights(tmp_path / "single", STEPS), weights(tmp_path / "ddp", STEPS)) < TOL
+COMPILED = {"run.compile": "True", "eval.sample-interval": 0}
+
+
+@pytest.fixture(scope="module")
+def compiled_single(corpus: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One compiled process with the whole micro-batch, the reference for compiled ranks."""
+    out_dir = tmp_path_factory.mktemp("compiled") / "single"
+    finish(single(train_args(corpus, out_dir, **COMPILED)))
+    return out_dir
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_compiled_ranks_match_one_compiled_process(
+    compiled_single: Path, corpus: SimpleNamespace, tmp_path: Path, mode: str
+) -> None:
+    """Compiled two-rank training equals one compiled process: torch.compile around DDP
+    (dynamo splits the graph at DDP's buckets), and FSDP's compiled blocks and head loss."""
+    two = {"batch.micro-batch": 2, "run.parallel": mode}
+    out = finish(torchrun(train_args(corpus, tmp_path / mode, **COMPILED, **two)))
+    a, b = metrics(compiled_single), metrics(tmp_path / mode)
+    assert sorted(a) == sorted(b) == list(range(1, STEPS + 1)), out
+    # FSDP compiles each block (and the head's loss) apart, the single process the whole
+    # model in one graph: the fusions differ, and so does fp32 rounding (1.2e-6 measured in
+    # the weights, LayerNorm gains near 1, after 12 steps). A wrong gradient is far larger.
+    tol = TOL if mode == "ddp" else 4 * TOL
+    assert max(abs(a[k] - b[k]) for k in a) < tol, (a, b)
+    assert max_abs_diff(weights(compiled_single, STEPS), weights(tmp_path / mode, STEPS)) < tol

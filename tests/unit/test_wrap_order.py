@@ -1,5 +1,6 @@
 """wrap_model puts DDP inside torch.compile, and grad_sync still finds it to skip the
-all-reduce on accumulation micro-steps; DDP's gradients are views of its buckets."""
+all-reduce on accumulation micro-steps; DDP's gradients are views of its buckets. Under
+FSDP the blocks and the head's loss compile in place."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from gpt2repro.config import OptimConfig
 from gpt2repro.distributed import DistInfo
 from gpt2repro.model import GPT, GPTConfig
 from gpt2repro.optim import build_optimizer
-from gpt2repro.parallelize import grad_sync, wrap_model, zero_grads
+from gpt2repro.parallelize import grad_sync, shard_model, wrap_model, zero_grads
 
 
 @pytest.fixture
@@ -58,3 +59,23 @@ def test_ddp_gradients_stay_bucket_views_through_accumulation() -> None:
                 )
         opt.step()
         zero_grads(model, opt)
+
+
+@pytest.mark.usefixtures("process_group")
+def test_fsdp_compiles_blocks_and_head_loss_and_trains_like_eager() -> None:
+    cfg = GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16)
+    torch.manual_seed(0)
+    eager = GPT(cfg)
+    sharded = GPT(cfg)
+    sharded.load_state_dict(eager.state_dict())
+    shard_model(sharded, torch.device("cpu"), compile=True, dist=DistInfo(), dtype="fp32")
+    compiled = [m for m in sharded.modules() if getattr(m, "_compiled_call_impl", None)]
+    assert compiled == [sharded.transformer.h[0], sharded.head_loss]
+    x = torch.randint(0, 64, (2, 8))
+    loss, ref = sharded(x, x), eager(x, x)
+    loss.backward()
+    ref.backward()
+    torch.testing.assert_close(loss, ref)
+    for (name, p), q in zip(sharded.named_parameters(), eager.parameters(), strict=True):
+        grad = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+        torch.testing.assert_close(grad, q.grad, msg=name)
