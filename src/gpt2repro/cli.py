@@ -405,13 +405,20 @@ COMMANDS: dict[str, Command] = {
 }
 
 
-def usage() -> str:
-    lines = ["usage: gpt2repro COMMAND [--help] [ARGS...]", "", "commands:"]
-    lines.append(f"  {'train':<18} {run_train.__doc__ or ''}")
+def usage(group: str | None = None) -> str:
+    """The list of commands, or only those of `group` (e.g. "bench")."""
+    head = f"gpt2repro {group} COMMAND" if group else "gpt2repro COMMAND"
+    lines = [f"usage: {head} [--help] [ARGS...]", "", "commands:"]
+    if group is None:
+        lines.append(f"  {'train':<18} {run_train.__doc__ or ''}")
     for name, (args_type, _) in COMMANDS.items():
-        doc = (args_type.__doc__ or "").strip().splitlines()[0]
-        lines.append(f"  {name:<18} {doc}")
+        if group is None or name.split()[0] == group:
+            doc = (args_type.__doc__ or "").strip().splitlines()[0]
+            lines.append(f"  {name:<18} {doc}")
     return "\n".join(lines)
+
+
+GROUPS = {name.split()[0] for name in COMMANDS if " " in name}
 
 
 def _find_command(argv: Sequence[str]) -> tuple[str, list[str]]:
@@ -421,7 +428,8 @@ def _find_command(argv: Sequence[str]) -> tuple[str, list[str]]:
         if len(argv) >= n and name in COMMANDS:
             return name, list(argv[n:])
     given = " ".join(argv[:2]) if argv else ""
-    raise ValueError(f"Unknown command {given!r}.\n\n{usage()}")
+    group = argv[0] if argv and argv[0] in GROUPS else None
+    raise ValueError(f"Unknown command {given!r}.\n\n{usage(group)}")
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -434,6 +442,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
+        return
+    if argv[0] in GROUPS and argv[1:2] in ([], ["-h"], ["--help"]):  # `gpt2repro bench`
+        print(usage(argv[0]))
         return
     try:
         if argv[0] == "train":

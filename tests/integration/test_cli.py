@@ -73,10 +73,21 @@ def test_bad_inputs_give_one_clear_message(
         (["tokenizer", "train", str(text_file), "--vocab-size", "10"], ["258"]),
         (["tokenizer", "train", str(tmp_path / "nope.txt")], ["nope.txt"]),
         (["frobnicate"], ["Unknown command 'frobnicate'"]),
+        (["bench", "speed"], ["Unknown command 'bench speed'", "bench peak", "bench train"]),
     ]
     for args, needles in cases:
         code, _, err = run_cli(args, capsys)
         assert_user_error(code, err, *needles)
+
+
+@pytest.mark.parametrize("args", [["bench"], ["bench", "--help"], ["tokenizer", "-h"]])
+def test_a_command_group_alone_lists_its_commands(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(args, capsys)
+    assert code == 0 and not err
+    listed = [line.split()[0:2] for line in out.splitlines() if line.startswith("  ")]
+    assert listed and all(words[0] == args[0] for words in listed), out
 
 
 def test_unknown_option_exits_nonzero(capsys: pytest.CaptureFixture[str]) -> None:
