@@ -9,6 +9,7 @@ import torch
 from gpt2repro.metrics import datasheet_peak
 from gpt2repro.parallelize import resolve_dtype
 from gpt2repro.runtime import resolve_device
+from gpt2repro.session import peak_source
 
 CUDA = torch.device("cuda")
 
@@ -31,6 +32,9 @@ def test_datasheet_peak_by_gpu_model(
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
     assert datasheet_peak(CUDA, "bf16") == bf16
     assert datasheet_peak(torch.device("cpu"), "bf16") is None
+    # The training log names what its MFU divides by.
+    assert ("datasheet" in peak_source(CUDA, "bf16")) == (bf16 is not None)
+    assert "measured" in peak_source(torch.device("cpu"), "bf16")
 
 
 def test_auto_dtype_takes_fp16_where_bf16_is_only_emulated(
