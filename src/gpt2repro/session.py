@@ -104,23 +104,16 @@ def environment_record(device: torch.device, dist: DistInfo) -> dict[str, Any]:
     }
 
 
-def peak_flops_for(device: torch.device, dtype: str) -> float:
-    """Datasheet peak on known GPUs; otherwise a matmul measured now (CPU, unknown GPUs)."""
+def peak_flops_for(device: torch.device, dtype: str) -> tuple[float, str]:
+    """The FLOP/s that MFU divides by, and where it comes from (for the log): the datasheet
+    peak on known GPUs, otherwise a matmul measured now (CPU, unknown GPUs)."""
     table = datasheet_peak(device, "tf32" if dtype == "fp32" else dtype)
-    return (
-        table
-        if table is not None
-        else measure_matmul_peak(device, DTYPES[dtype], seconds=1.0, trials=5)
-    )
-
-
-def peak_source(device: torch.device, dtype: str) -> str:
-    """Where `peak_flops_for`'s number comes from, for the log."""
-    if datasheet_peak(device, "tf32" if dtype == "fp32" else dtype) is not None:
-        return "the GPU's datasheet"
+    if table is not None:
+        return table, "the GPU's datasheet"
     # A shared VM's matrix units can run at a third of their speed for minutes at a time
     # (benchmarks/results); `gpt2repro bench train` divides by the fastest window instead.
-    return f"a {dtype} matmul measured at start-up (varies with the machine's load)"
+    measured = measure_matmul_peak(device, DTYPES[dtype], seconds=1.0, trials=5)
+    return measured, f"a {dtype} matmul measured at start-up (varies with the machine's load)"
 
 
 def open_session(cfg: TrainConfig) -> Session:
@@ -169,14 +162,14 @@ def open_session(cfg: TrainConfig) -> Session:
         run_dir, cfg.log.tensorboard and dist.is_main, wandb if dist.is_main else None, asdict(cfg)
     )
     fpt = flops_per_token(cfg.model, cfg.batch.seq_len, gpt.num_params())
-    peak = peak_flops_for(device, dtype)
+    peak, peak_source = peak_flops_for(device, dtype)
     print0(
         dist,
         f"model: {gpt.num_params():,} parameters | device {device} | dtype {dtype} | "
         f"compile {compile_model} | world size {dist.world_size}"
         f"{f' ({parallel})' if dist.enabled else ''} | "
         f"accumulation {cfg.grad_accum_steps(dist.world_size)}\n"
-        f"mfu: against {peak / 1e12:.3g} TFLOP/s per device, {peak_source(device, dtype)}",
+        f"mfu: against {peak / 1e12:.3g} TFLOP/s per device, {peak_source}",
     )
     return Session(
         cfg,

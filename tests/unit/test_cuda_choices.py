@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gpt2repro import session
 from gpt2repro.metrics import datasheet_peak
 from gpt2repro.parallelize import resolve_dtype
 from gpt2repro.runtime import resolve_device
-from gpt2repro.session import peak_source
 
 CUDA = torch.device("cuda")
 
@@ -32,9 +32,15 @@ def test_datasheet_peak_by_gpu_model(
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
     assert datasheet_peak(CUDA, "bf16") == bf16
     assert datasheet_peak(torch.device("cpu"), "bf16") is None
-    # The training log names what its MFU divides by.
-    assert ("datasheet" in peak_source(CUDA, "bf16")) == (bf16 is not None)
-    assert "measured" in peak_source(torch.device("cpu"), "bf16")
+    # Training's MFU divides by the datasheet where there is one, else by a measurement,
+    # and its log says which.
+    monkeypatch.setattr(session, "measure_matmul_peak", lambda *args, **kwargs: 1e12)
+    peak, source = session.peak_flops_for(CUDA, "bf16")
+    if bf16 is None:
+        assert peak == 1e12 and "measured" in source
+    else:
+        assert peak == bf16 and "datasheet" in source
+    assert session.peak_flops_for(torch.device("cpu"), "bf16")[0] == 1e12
 
 
 def test_auto_dtype_takes_fp16_where_bf16_is_only_emulated(
