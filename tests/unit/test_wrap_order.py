@@ -17,7 +17,7 @@ from gpt2repro.config import OptimConfig
 from gpt2repro.distributed import DistInfo
 from gpt2repro.model import GPT, GPTConfig
 from gpt2repro.optim import build_optimizer
-from gpt2repro.parallelize import grad_sync, shard_model, wrap_model, zero_grads
+from gpt2repro.parallelize import full_tensor, grad_sync, shard_model, wrap_model, zero_grads
 
 
 @pytest.fixture
@@ -77,5 +77,5 @@ def test_fsdp_compiles_blocks_and_head_loss_and_trains_like_eager() -> None:
     ref.backward()
     torch.testing.assert_close(loss, ref)
     for (name, p), q in zip(sharded.named_parameters(), eager.parameters(), strict=True):
-        grad = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
-        torch.testing.assert_close(grad, q.grad, msg=name)
+        assert p.grad is not None
+        torch.testing.assert_close(full_tensor(p.grad), q.grad, msg=name)
