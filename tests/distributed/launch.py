@@ -109,9 +109,14 @@ def finish(proc: subprocess.Popen[str], timeout: float = 300.0) -> str:
     return out
 
 
-def metrics(run_dir: Path, kind: str = "train") -> dict[int, float]:
+def records(run_dir: Path, kind: str = "train") -> list[dict[str, Any]]:
+    """The run's metrics.jsonl rows of one kind, in file order (duplicates kept)."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if r["kind"] == kind}
+    return [r for r in rows if r["kind"] == kind]
+
+
+def metrics(run_dir: Path, kind: str = "train", key: str = "loss") -> dict[int, float]:
+    return {r["step"]: r[key] for r in records(run_dir, kind)}
 
 
 def weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:

@@ -17,6 +17,7 @@ from .launch import (
     free_port,
     max_abs_diff,
     metrics,
+    records,
     single,
     torchrun,
     train_args,
@@ -50,7 +51,15 @@ def test_two_ranks_match_one_process(runs: SimpleNamespace, mode: str) -> None:
     assert sorted(val_one) == sorted(val_two) == [4, 8, 12]
     assert max(abs(val_one[k] - val_two[k]) for k in val_one) < TOL
     assert max_abs_diff(weights(runs.single, STEPS), weights(getattr(runs, mode), STEPS)) < TOL
-    # Only rank 0 writes: one log line per step, one sample block per sample step.
+    # The global gradient norm (under FSDP gathered from DTensor shards) is the single
+    # process's, and clipping (optim.grad_clip = 1) was active, so clipped steps matched too.
+    norm_one = metrics(runs.single, key="grad_norm")
+    norm_two = metrics(getattr(runs, mode), key="grad_norm")
+    assert max(abs(norm_one[k] - norm_two[k]) / norm_one[k] for k in norm_one) < 1e-5
+    assert sum(norm > 1.0 for norm in norm_two.values()) >= STEPS // 2, norm_two
+    # Only rank 0 writes: one log line per step (each sample step writes its two samples once).
+    assert [r["step"] for r in records(getattr(runs, mode))] == list(range(1, STEPS + 1))
+    assert [r["step"] for r in records(getattr(runs, mode), "val")] == [4, 8, 12]
     samples = (getattr(runs, mode) / "samples.txt").read_text()
     assert samples.count("=== step 6 ===") == 2 and samples.count("=== step 12 ===") == 2
 

@@ -10,6 +10,7 @@ without recompiling, the chunked loss's memory on the CUDA allocator, the KV cac
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import gpt2repro.train as train_module
+from gpt2repro.checkpoint import load_train_state
 from gpt2repro.config import (
     BatchConfig,
     CheckpointConfig,
@@ -106,14 +108,34 @@ def test_training_on_cuda_uses_the_fast_path_without_host_syncs(
     assert torch.backends.cuda.matmul.allow_tf32
 
 
+def reference_adamw(model: GPT) -> torch.optim.AdamW:
+    """torch's AdamW with GPT-2's groups built by name: decay on the embeddings and Linear
+    weights, none on biases and LayerNorm parameters; the plain (unfused) kernel."""
+    decay: list[torch.nn.Parameter] = []
+    plain: list[torch.nn.Parameter] = []
+    for name, p in model.named_parameters():  # the tied head appears once
+        no_decay = name.endswith(".bias") or ".ln_" in name
+        (plain if no_decay else decay).append(p)
+    groups = [{"params": decay, "weight_decay": 0.1}, {"params": plain, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, fused=False)
+
+
 def test_fused_adamw_on_cuda_equals_the_reference_step() -> None:
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32)).to(CUDA)
     ref = GPT(model.config).to(CUDA)
     ref.load_state_dict(model.state_dict())
-    fused = build_optimizer(model, OptimConfig(lr=1e-2), CUDA)
-    plain = build_optimizer(ref, OptimConfig(lr=1e-2, fused=False), CUDA)
-    assert fused.defaults["fused"] and not plain.defaults.get("fused")
+    cfg = OptimConfig(lr=1e-2, weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8)
+    fused = build_optimizer(model, cfg, CUDA)
+    plain = reference_adamw(ref)
+    assert fused.defaults["fused"] and not plain.defaults["fused"]
+    index = {id(p): i for i, p in enumerate(model.parameters())}
+    ref_index = {id(p): i for i, p in enumerate(ref.parameters())}
+    for ours, theirs in zip(fused.param_groups, plain.param_groups, strict=True):
+        assert ours["weight_decay"] == theirs["weight_decay"]
+        assert {index[id(p)] for p in ours["params"]} == {
+            ref_index[id(p)] for p in theirs["params"]
+        }
     x = torch.randint(0, 64, (4, 16), device=CUDA)
     for _ in range(5):
         model(x, x).backward()  # the same gradients for both, so only the update can differ
@@ -122,8 +144,35 @@ def test_fused_adamw_on_cuda_equals_the_reference_step() -> None:
         for opt in (fused, plain):
             opt.step()
             opt.zero_grad(set_to_none=True)
-    for a, b in zip(model.parameters(), ref.parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for (name, a), b in zip(model.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_fp16_training_with_grad_scaler_tracks_fp32(
+    corpus: SimpleNamespace, tmp_path: Path
+) -> None:
+    """fp16 end to end (refused on the CPU): scaled backward, unscale before clipping,
+    overflow skips; the loss follows the fp32 (TF32) run's and the scaler is checkpointed."""
+    runs = {
+        dtype: train_module.train(tiny_run(corpus, tmp_path / dtype, dtype=dtype, compile=False))
+        for dtype in ("fp32", "fp16")
+    }
+    for result in runs.values():
+        assert result.stopped_by == "finished" and result.checkpoint is not None
+    assert runs["fp32"].final_val["loss"] < 5.0  # ln(300) = 5.7 at the start: it learned
+    assert abs(runs["fp16"].final_val["loss"] - runs["fp32"].final_val["loss"]) < 0.05
+    losses = {dtype: train_losses(tmp_path / dtype) for dtype in runs}
+    assert sorted(losses["fp16"]) == sorted(losses["fp32"]) == [10, 20, 30]
+    assert all(abs(losses["fp16"][k] - losses["fp32"][k]) < 0.05 for k in losses["fp32"])
+    assert losses["fp16"] != losses["fp32"]  # fp16 really ran
+    scaler = load_train_state(runs["fp16"].checkpoint)["scaler"]  # type: ignore[arg-type]
+    assert scaler["scale"] > 1.0 and scaler["growth_interval"] == 2000, scaler
+    assert load_train_state(runs["fp32"].checkpoint)["scaler"] == {}  # type: ignore[arg-type]
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
 
 
 def test_flash_attention_serves_the_model_layout() -> None:

@@ -71,9 +71,26 @@ def test_all_targets_ignored_gives_zero_loss_and_gradients() -> None:
     assert loss == 0 and gx.abs().max() == 0 and gw.abs().max() == 0
 
 
-def test_chunk_size_keeps_fp32_logits_within_budget() -> None:
-    assert chunk_tokens_for(50304, "cuda") == 1334
-    assert chunk_tokens_for(4096, "cpu") == 512
+BUDGETS = {"cpu": 8 * 2**20, "cuda": 256 * 2**20, "mps": 256 * 2**20}  # bytes, as loss.py documents
+
+
+@pytest.mark.parametrize("device", sorted(BUDGETS))
+@pytest.mark.parametrize("vocab_rows", [64, 4096, 8192, 50304, 131072, 262144])
+def test_chunk_size_keeps_fp32_logits_within_budget(device: str, vocab_rows: int) -> None:
+    """The largest chunk whose fp32 logits (4 * chunk * V bytes) fit the device's budget,
+    but never fewer than 512 tokens (then, and only then, the budget is exceeded)."""
+    budget = BUDGETS[device]
+    chunk = chunk_tokens_for(vocab_rows, device)
+    if 4 * 512 * vocab_rows <= budget:
+        assert 4 * chunk * vocab_rows <= budget < 4 * (chunk + 1) * vocab_rows
+    else:
+        assert chunk == 512
+
+
+def test_chunk_size_examples() -> None:
+    assert chunk_tokens_for(50304, "cuda") == 1334  # GPT-2's padded vocabulary, as documented
+    assert chunk_tokens_for(4096, "cpu") == 512  # exactly 8 MiB
+    assert chunk_tokens_for(1024, "cpu") == 2048
     assert chunk_tokens_for(50304, "cpu") == 512  # floor: the weight gradient's traffic
 
 

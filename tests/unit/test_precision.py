@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from gpt2repro import parallelize
 from gpt2repro.config import OptimConfig
 from gpt2repro.model import GPT, GPTConfig
 from gpt2repro.optim import build_optimizer
-from gpt2repro.parallelize import autocast, resolve_dtype
+from gpt2repro.parallelize import autocast, cpu_has_bf16, resolve_dtype
 
 TOLERANCE = 0.03  # nats; bf16 has an 8-bit mantissa, so per-step losses differ in the 2nd-3rd digit
 
@@ -42,6 +44,21 @@ def test_bf16_tracks_fp32() -> None:
     assert fp32 != bf16  # bf16 really ran
 
 
-def test_auto_dtype_on_cpu_is_fp32_or_native_bf16() -> None:
-    assert resolve_dtype("auto", torch.device("cpu")) in ("fp32", "bf16")
+def native_bf16_per_torch() -> bool:
+    """PyTorch's own CPU feature probe (the cpuinfo library), independent of /proc/cpuinfo."""
+    caps = torch._C._cpu._get_cpu_capability()  # type: ignore[attr-defined]
+    return bool(caps["avx512_bf16"] or caps["amx_bf16"])
+
+
+def test_auto_dtype_on_cpu_is_native_bf16_else_fp32() -> None:
+    assert cpu_has_bf16() == native_bf16_per_torch()
+    expected = "bf16" if native_bf16_per_torch() else "fp32"
+    assert resolve_dtype("auto", torch.device("cpu")) == expected
     assert resolve_dtype("fp32", torch.device("cpu")) == "fp32"
+    assert resolve_dtype("bf16", torch.device("cpu")) == "bf16"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_dtype_follows_the_cpu_probe(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    monkeypatch.setattr(parallelize, "cpu_has_bf16", lambda: native)
+    assert resolve_dtype("auto", torch.device("cpu")) == ("bf16" if native else "fp32")
