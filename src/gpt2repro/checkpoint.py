@@ -119,7 +119,19 @@ def read_meta(path: Path) -> dict[str, Any]:
             f"{path}: not a gpt2repro checkpoint (needs {META} and {WEIGHTS}). "
             f"Pass a checkpoint directory written by `gpt2repro train`."
         )
-    meta: dict[str, Any] = json.loads((path / META).read_text())
+    try:
+        meta = json.loads((path / META).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(
+            f"{path / META}: damaged, not JSON ({e}); the checkpoint cannot be used. Use "
+            f"another checkpoint (an earlier step_* or best), or delete {path} so "
+            f"`--checkpoint.resume auto` picks the newest intact one."
+        ) from None
+    if not isinstance(meta, dict):
+        raise ValueError(
+            f"{path / META}: damaged, not a JSON object; the checkpoint cannot be used. "
+            f"Use another checkpoint, or delete {path}."
+        )
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise ValueError(
@@ -333,6 +345,11 @@ def restore_train_checkpoint(
     return meta
 
 
+def step_of(path: Path) -> int:
+    """The step in a `step_NNNNNN` checkpoint's name."""
+    return int(path.name.removeprefix("step_"))
+
+
 def step_dirs(ckpt_root: Path) -> list[Path]:
     """Valid step_NNNNNN checkpoints under `ckpt_root`, oldest first."""
     if not ckpt_root.is_dir():
@@ -340,12 +357,73 @@ def step_dirs(ckpt_root: Path) -> list[Path]:
     found = [
         p
         for p in ckpt_root.glob("step_*")
-        if p.is_dir() and is_checkpoint(p) and (p / TRAIN_STATE).is_file()
+        if p.is_dir()
+        and p.name.removeprefix("step_").isdigit()
+        and is_checkpoint(p)
+        and (p / TRAIN_STATE).is_file()
     ]
-    return sorted(found, key=lambda p: int(p.name.removeprefix("step_")))
+    return sorted(found, key=step_of)
 
 
-def prune(ckpt_root: Path, keep_last: int) -> None:
-    """Delete all but the newest `keep_last` step checkpoints (the `best` one lives apart)."""
-    for old in step_dirs(ckpt_root)[:-keep_last]:
+def prune(ckpt_root: Path, keep_last: int, newest: Path) -> None:
+    """Keep `newest` (the checkpoint just written) and the `keep_last - 1` step checkpoints
+    before it; delete older ones. The `best` checkpoint lives apart.
+
+    Ordered by step relative to `newest`, not by what the folder holds: checkpoints of later
+    steps (left by a run that this one resumed from an earlier point) are never deleted,
+    and neither is `newest`, whatever else is there.
+    """
+    assert keep_last >= 1, f"keep_last={keep_last} must be >= 1"
+    older = [p for p in step_dirs(ckpt_root) if step_of(p) < step_of(newest)]
+    for old in older[: max(0, len(older) - (keep_last - 1))]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def set_aside_after(ckpt_root: Path, step: int) -> list[Path]:
+    """Move step checkpoints later than `step` into `ckpt_root/abandoned/`; returns where they went.
+
+    A run resumed from an earlier checkpoint rewrites the later steps; left in place, the old
+    ones would be what `--checkpoint.resume auto` picks next. Moved, not deleted: nothing of
+    a run is lost.
+    """
+    moved = []
+    for path in step_dirs(ckpt_root):
+        if step_of(path) > step:
+            target = ckpt_root / "abandoned" / path.name
+            n = 1
+            while target.exists():
+                target = ckpt_root / "abandoned" / f"{path.name}.{n}"
+                n += 1
+            target.parent.mkdir(parents=True, exist_ok=True)
+            path.rename(target)
+            moved.append(target)
+    return moved
+
+
+def find_resume(choice: str, run_dir: Path) -> Path | None:
+    """The checkpoint that `checkpoint.resume = choice` names: none -> None, auto -> the newest
+    step checkpoint under `run_dir` (None if there is none), anything else -> that directory."""
+    if choice == "none":
+        return None
+    if choice == "auto":
+        found = step_dirs(run_dir / "checkpoints")
+        return found[-1] if found else None
+    return Path(choice)
+
+
+def resume_point(choice: str, run_dir: Path, max_steps: int) -> tuple[Path, int] | None:
+    """The checkpoint `choice` resumes from and its step, read now, so a damaged one or one
+    past the end of the run fails before anything else happens. None: a fresh start."""
+    source = find_resume(choice, run_dir)
+    if source is None:
+        return None
+    step = read_meta(source).get("step")
+    if not isinstance(step, int):
+        raise ValueError(f"{source / META}: no step; it is not a training checkpoint.")
+    if step > max_steps:
+        raise ValueError(
+            f"{source} is at step {step}, past run.max_steps={max_steps}: nothing to train. "
+            f"Pass --run.max-steps above {step} to train on from it, or drop "
+            f"--checkpoint.resume to start a new run."
+        )
+    return source, step

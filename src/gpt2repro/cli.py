@@ -8,9 +8,10 @@ with a non-zero exit and no traceback.
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -31,7 +32,7 @@ from gpt2repro.evaluation.commands import CardArgs, EvalArgs, PlotArgs, run_card
 class SampleArgs:
     """Generate text from a checkpoint, an exported or hub GPT-2, or a fresh model."""
 
-    model: Annotated[str, tyro.conf.Positional] = "init:tiny"
+    model: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="[MODEL]")] = "init:tiny"
     """Checkpoint directory, Hugging Face directory, hub id (gpt2, gpt2-medium, ...) or init:PRESET."""
     prompt: str = ""
     """Text to continue (empty: start from the end-of-text token)."""
@@ -53,7 +54,7 @@ class SampleArgs:
     """Override the model's tokenizer: gpt2 or a tokenizer .json file."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
-    no_cache: bool = False
+    no_cache: Annotated[bool, tyro.conf.FlagCreatePairsOff] = False
     """Recompute the whole context each step instead of using the KV cache (slow; for checking)."""
 
 
@@ -61,24 +62,32 @@ class SampleArgs:
 class ExportArgs:
     """Write a model as a Hugging Face GPT-2 directory (config.json + model.safetensors)."""
 
-    model: Annotated[str, tyro.conf.Positional]
+    model: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="MODEL")]
     """Checkpoint directory, Hugging Face directory, hub id or init:PRESET."""
-    out_dir: Annotated[Path, tyro.conf.Positional]
-    """Directory to create; transformers.GPT2LMHeadModel.from_pretrained(out_dir) loads it."""
+    out_dir: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="OUT_DIR")]
+    """Directory to create; transformers.GPT2LMHeadModel.from_pretrained(OUT_DIR) loads it."""
     seed: int = 1337
     """Seed for init:PRESET models."""
+    overwrite: Annotated[bool, tyro.conf.FlagCreatePairsOff] = False
+    """Replace OUT_DIR if it already exists and is not empty."""
 
 
 @dataclass
 class TokenizerTrainArgs:
     """Train a byte-level BPE tokenizer on text files and save it as one .json file."""
 
-    files: Annotated[tuple[Path, ...], tyro.conf.Positional]
-    """Text files to learn the merges from."""
+    files: Annotated[
+        tuple[Path, ...],
+        tyro.conf.Positional,
+        tyro.conf.arg(metavar="FILE [FILE ...]", help_behavior_hint="(required)"),
+    ]
+    """Text to learn merges from, as `prepare files` reads it: .txt/.jsonl/.parquet files, folders, globs."""
     vocab_size: int = 50257
     """Size of the vocabulary, including <|endoftext|>."""
     out: Path = Path("tokenizer.json")
     """Where to write the tokenizer."""
+    field: str = "text"
+    """Text field of .jsonl records / text column of .parquet files."""
 
 
 @dataclass
@@ -129,18 +138,36 @@ def run_train(argv: list[str]) -> None:
     from gpt2repro.presets import DEFAULT_TRAIN_PRESET, TRAIN_PRESETS, train_preset
 
     preset, argv = pop_option(argv, "--preset", DEFAULT_TRAIN_PRESET)
-    dry_run = "--dry-run" in argv
-    argv = [a for a in argv if a != "--dry-run"]
-    base = train_preset(preset)
     description = (
-        f"Train GPT-2. Starts from --preset (default {DEFAULT_TRAIN_PRESET}; one of "
-        f"{', '.join(TRAIN_PRESETS)}) and overrides fields by name, e.g. --optim.lr 3e-4. "
-        f"--dry-run prints the resolved config, time and peak-memory estimates and the largest "
-        f"micro-batch that fits, without training."
+        "Train GPT-2. Starts from --preset and overrides fields by name, e.g. --optim.lr 3e-4. "
+        "--dry-run prints the resolved config, time and peak-memory estimates and the largest "
+        "micro-batch that fits, without training."
     )
-    cfg = tyro.cli(
-        TrainConfig, default=base, args=argv, prog="gpt2repro train", description=description
+    # Built here, not at module level: TrainConfig imports torch, which `--help` of the other
+    # commands should not wait for. --preset was read above (it picks the defaults); it is
+    # declared again only so that --help lists it.
+    preset_help = f"Preset to start from: {', '.join(TRAIN_PRESETS)}."
+    dry_run_help = "Print the plan (config, time, memory, largest micro-batch) and exit."
+    train_args = make_dataclass(
+        "TrainArgs",
+        [
+            ("config", Annotated[TrainConfig, tyro.conf.arg(name="")]),
+            ("preset", Annotated[str, tyro.conf.arg(help=preset_help)], field(default=preset)),
+            (
+                "dry_run",
+                Annotated[bool, tyro.conf.FlagCreatePairsOff, tyro.conf.arg(help=dry_run_help)],
+                field(default=False),
+            ),
+        ],
     )
+    parsed = tyro.cli(
+        train_args,
+        default=train_args(train_preset(preset), preset, False),
+        args=argv,
+        prog="gpt2repro train",
+        description=description,
+    )
+    cfg, dry_run = parsed.config, parsed.dry_run
     if dry_run:
         from gpt2repro.plan import dry_run_report
 
@@ -162,7 +189,9 @@ def run_train(argv: list[str]) -> None:
     if result.stopped_by == "unstable":
         raise SystemExit(3)
     if result.stopped_by == "signal":
-        raise SystemExit(143)
+        # The shell's convention, 128 + signal: 130 for Ctrl-C, 143 for SIGTERM. A rank that
+        # stopped because another rank was signalled reports SIGTERM, as a scheduler would send.
+        raise SystemExit(128 + (result.signal or signal.SIGTERM))
 
 
 @dataclass
@@ -286,19 +315,21 @@ def run_sample(args: SampleArgs) -> None:
 
 def run_export(args: ExportArgs) -> None:
     from gpt2repro.loading import load_source
-    from gpt2repro.pretrained import export_hf
+    from gpt2repro.pretrained import check_export_dir, export_hf
     from gpt2repro.runtime import seed_everything
 
+    check_export_dir(args.out_dir, args.overwrite, flag="--overwrite")  # before a slow load
     seed_everything(args.seed)
     loaded = load_source(args.model)
-    path = export_hf(loaded.model, args.out_dir, tokenizer_spec=loaded.tokenizer.spec)
+    spec = loaded.tokenizer.spec
+    path = export_hf(loaded.model, args.out_dir, tokenizer_spec=spec, overwrite=args.overwrite)
     print(f"Exported {args.model} to {path} (load with GPT2LMHeadModel.from_pretrained).")
 
 
 def run_tokenizer_train(args: TokenizerTrainArgs) -> None:
     from gpt2repro.tokenizer import train_bpe
 
-    tok = train_bpe(list(args.files), args.vocab_size, args.out)
+    tok = train_bpe(list(args.files), args.vocab_size, args.out, text_field=args.field)
     print(f"Wrote {args.out} ({tok.vocab_size} tokens, identifier {tok.identifier}).")
 
 

@@ -171,15 +171,51 @@ class TrainConfig:
         return self.batch.tokens_per_step // per_micro
 
     def validate(self, world_size: int = 1) -> None:
-        """Raise one ValueError listing every inconsistent setting."""
+        """Raise one ValueError listing every inconsistent setting (and every missing input file)."""
+        problems = [*self._size_problems(world_size), *self._interval_problems()]
+        problems += self._input_problems()
+        if problems:
+            raise ValueError("Invalid training config: " + "; ".join(problems) + ".")
+
+    def warnings(self) -> list[str]:
+        """Settings that are legal but probably not meant, as sentences."""
+        o = self.optim
+        notes = []
+        if o.warmup_steps > self.run.max_steps:
+            notes.append(
+                f"optim.warmup_steps={o.warmup_steps} exceeds run.max_steps={self.run.max_steps}: "
+                f"the learning rate never reaches its peak optim.lr={o.lr}."
+            )
+        return notes
+
+    def _size_problems(self, world_size: int) -> list[str]:
         problems = []
         o, b, r = self.optim, self.batch, self.run
         if b.seq_len > self.model.block_size:
             problems.append(
                 f"batch.seq_len={b.seq_len} exceeds model.block_size={self.model.block_size}"
             )
-        if min(b.seq_len, b.micro_batch, b.tokens_per_step, r.max_steps) < 1:
-            problems.append("batch sizes, seq_len and run.max_steps must be positive")
+        sizes = {
+            "batch.seq_len": b.seq_len,
+            "batch.micro_batch": b.micro_batch,
+            "batch.tokens_per_step": b.tokens_per_step,
+            "run.max_steps": r.max_steps,
+        }
+        bad = [f"{k}={v}" for k, v in sizes.items() if v < 1]
+        if bad:
+            problems.append(f"{', '.join(bad)} must be positive")
+        else:  # the batch arithmetic divides by these
+            try:
+                self.grad_accum_steps(world_size)
+            except ValueError as e:
+                problems.append(str(e).rstrip("."))
+            if self.eval.val_tokens < b.seq_len * world_size:
+                problems.append(
+                    f"eval.val_tokens={self.eval.val_tokens} must be at least batch.seq_len x "
+                    f"world size = {b.seq_len * world_size} (one validation window per rank)"
+                )
+        if r.max_minutes is not None and r.max_minutes <= 0:
+            problems.append(f"run.max_minutes={r.max_minutes} must be positive (or None: no limit)")
         if not 0 <= o.min_lr <= o.lr:
             problems.append(f"need 0 <= optim.min_lr ({o.min_lr}) <= optim.lr ({o.lr})")
         if o.warmup_steps < 0 or (o.decay_steps is not None and o.decay_steps < o.warmup_steps):
@@ -190,9 +226,52 @@ class TrainConfig:
             problems.append(f"run.dtype={r.dtype!r} must be auto, fp32, bf16 or fp16")
         if self.checkpoint.keep_last < 1:
             problems.append("checkpoint.keep_last must be >= 1")
-        try:
-            self.grad_accum_steps(world_size)
-        except ValueError as e:
-            problems.append(str(e).rstrip("."))
-        if problems:
-            raise ValueError("Invalid training config: " + "; ".join(problems) + ".")
+        if self.stability.max_bad_steps < 1:
+            problems.append(f"stability.max_bad_steps={self.stability.max_bad_steps} must be >= 1")
+        limit = self.eval.hellaswag_limit
+        if limit is not None and limit < 1:
+            problems.append(f"eval.hellaswag_limit={limit} must be positive (or None: all)")
+        return problems
+
+    def _interval_problems(self) -> list[str]:
+        intervals = {
+            "eval.interval": self.eval.interval,
+            "eval.sample_interval": self.eval.sample_interval,
+            "checkpoint.interval": self.checkpoint.interval,
+            "log.interval": self.log.interval,
+        }
+        bad = [f"{k}={v}" for k, v in intervals.items() if v < 0]
+        return [f"{', '.join(bad)} must be >= 0 (0: only at the end)"] if bad else []
+
+    def _input_problems(self) -> list[str]:
+        """Files the run will read: checked now, not after hours of training."""
+        from gpt2repro.tokenizer import MIN_BPE_VOCAB_SIZE
+
+        problems = []
+        tok = self.data.tokenizer
+        if tok.startswith("train:"):
+            n = tok.removeprefix("train:")
+            if not n.isdigit() or int(n) < MIN_BPE_VOCAB_SIZE:
+                problems.append(
+                    f"data.tokenizer={tok!r}: write train:N with N the vocabulary size, an "
+                    f"integer >= {MIN_BPE_VOCAB_SIZE}, e.g. train:4096"
+                )
+        elif tok != "gpt2" and not (tok.endswith(".json") and Path(tok).is_file()):
+            problems.append(
+                f"data.tokenizer={tok!r}: use gpt2, train:N or an existing tokenizer .json file"
+            )
+        resume = self.checkpoint.resume
+        if resume not in ("none", "auto"):
+            meta = Path(resume) / "meta.json"  # checkpoint.META; config stays free of I/O code
+            if not meta.is_file():
+                problems.append(
+                    f"checkpoint.resume={resume!r}: no checkpoint there (no {meta}); use none, "
+                    f"auto or a checkpoint directory such as {self.run.out_dir}/checkpoints/step_N"
+                )
+        path = self.eval.hellaswag_path
+        if self.eval.hellaswag and path is not None and not Path(path).expanduser().is_file():
+            problems.append(
+                f"eval.hellaswag_path={str(path)!r}: no such file; pass the path of "
+                f"hellaswag_val.jsonl, or leave it unset to download it"
+            )
+        return problems

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from gpt2repro import checkpoint, pretrained
 from gpt2repro.model import GPT
 from gpt2repro.presets import model_preset
 from gpt2repro.tokenizer import Tokenizer, load_tokenizer
 
+RUN_CHECKPOINTS = "checkpoints"  # where `gpt2repro train` saves inside a run directory
 HUB_IDS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 HUB_ORG = "openai-community/"
 SOURCE_HELP = (
@@ -44,9 +46,11 @@ def load_source(
         tok_spec = "gpt2"
         tok = load_tokenizer(tokenizer or tok_spec)
     elif path.is_dir() and checkpoint.is_checkpoint(path):
-        model, tok, _ = checkpoint.load_model(path, device)
+        model, tok = _load_checkpoint(path, device)
         if tokenizer is not None:
             tok = load_tokenizer(tokenizer)
+    elif path.is_dir() and (path / RUN_CHECKPOINTS).is_dir():
+        raise ValueError(_run_directory_help(path))
     elif (
         (path.is_dir() and (path / "config.json").is_file())
         or source in HUB_IDS
@@ -74,3 +78,23 @@ def load_source(
             f"trained with (pass --tokenizer with the matching tokenizer file)."
         )
     return Loaded(model=model, tokenizer=tok, source=source)
+
+
+def _load_checkpoint(path: Path, device: str | torch.device) -> tuple[GPT, Tokenizer]:
+    try:
+        model, tok, _ = checkpoint.load_model(path, device)
+    except SafetensorError as e:
+        advice = "Use another checkpoint (an earlier step_NNNNNN) or save this one again"
+        raise pretrained.corrupt_weights(path / checkpoint.WEIGHTS, e, advice) from e
+    return model, tok
+
+
+def _run_directory_help(run_dir: Path) -> str:
+    """What to pass instead of a training run's directory: one of its checkpoints."""
+    root = run_dir / RUN_CHECKPOINTS
+    found = [p for p in sorted(root.iterdir()) if p.is_dir() and checkpoint.is_checkpoint(p)]
+    names = ", ".join(p.name for p in found) or "none yet"
+    return (
+        f"{run_dir}: this is a training run directory, not a model. Pass one of its checkpoints: "
+        f"{root / 'best'} (or a {root / 'step_NNNNNN'}); found: {names}."
+    )

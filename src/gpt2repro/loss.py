@@ -31,7 +31,9 @@ whole (V, C) matrix, cost more in memory traffic than its matmul: 2 x tokens FLO
 
 
 def chunk_tokens_for(vocab_rows: int, device_type: str) -> int:
-    """Tokens per chunk so that one chunk's fp32 logits stay within the device's budget."""
+    """Tokens per chunk so that one chunk's fp32 logits stay within the device's budget, but
+    never fewer than MIN_CHUNK_TOKENS: below that the head's matmuls get too thin to run fast,
+    so a large vocabulary exceeds a small budget (512 x 50,304 fp32 logits are 103 MB)."""
     budget = CHUNK_BYTES.get(device_type, CHUNK_BYTES["default"])
     return max(MIN_CHUNK_TOKENS, budget // (4 * vocab_rows))
 

@@ -7,6 +7,7 @@ from dataclasses import asdict
 
 import torch
 
+from gpt2repro import checkpoint as ckpt
 from gpt2repro.config import TrainConfig
 from gpt2repro.distributed import dist_info_from_env
 from gpt2repro.memory import (
@@ -58,10 +59,29 @@ def _memory_lines(cfg: TrainConfig, device: torch.device, dtype: str, world: int
     ]
 
 
+def _run_dir_lines(cfg: TrainConfig) -> list[str]:
+    """Where the run starts from and what happens to what out_dir holds (the checks `train` does)."""
+    from gpt2repro.session import previous_run
+
+    point = ckpt.resume_point(cfg.checkpoint.resume, cfg.run.out_dir, cfg.run.max_steps)
+    if point is None:
+        start = "step 0 (a new run)"
+    else:
+        start = f"step {point[1]} of {cfg.run.max_steps}, resuming {point[0]}"
+    lines = [f"starts at:           {start}"]
+    if previous_run(cfg):
+        lines.append(
+            f"out_dir:             {cfg.run.out_dir} holds an earlier run; it will be moved "
+            f"aside to {cfg.run.out_dir}.N (--checkpoint.resume auto continues it instead)"
+        )
+    return lines + [f"warning: {note}" for note in cfg.warnings()]
+
+
 def dry_run_report(cfg: TrainConfig) -> str:
     """Resolved config, parameter count, batch arithmetic, time and memory estimates for this machine."""
     world = dist_info_from_env().world_size
     cfg.validate(world)
+    run_lines = _run_dir_lines(cfg)  # reads the resume checkpoint: fails before the estimates
     device = resolve_device(cfg.run.device)
     dtype = resolve_dtype(cfg.run.dtype, device)
     with torch.device("meta"):
@@ -87,5 +107,6 @@ def dry_run_report(cfg: TrainConfig) -> str:
         f"time per step:       ~{_duration(step_s)} (assuming {ASSUMED_MFU:.0%} MFU on {world} device(s))",
         f"total time:          ~{_duration(step_s * cfg.run.max_steps)}",
         *_memory_lines(cfg, device, dtype, world),
+        *run_lines,
     ]
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gpt2repro.atomic import atomic_directory
@@ -55,10 +56,7 @@ def export_hf(
     renamed into place, so a killed export never leaves a directory that looks valid.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{out_dir} exists and is not empty. Choose a new directory or pass overwrite=True."
-        )
+    check_export_dir(out_dir, overwrite)
     config = model.config
     tensors: dict[str, torch.Tensor] = {}
     for name, t in model.state_dict().items():
@@ -90,6 +88,41 @@ def export_hf(
         if tokenizer_file is not None:
             shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
     return out_dir
+
+
+def check_export_dir(out_dir: Path, overwrite: bool, flag: str = "overwrite=True") -> None:
+    """Raise unless `export_hf` may write `out_dir`; `flag` is how the caller spells overwrite."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(
+            f"{out_dir} is a file, but the export is a directory. Pass a directory path to create."
+        )
+    blocker = next((p for p in out_dir.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise NotADirectoryError(
+            f"{out_dir}: {blocker} is a file, so no directory can be created there. "
+            "Pass a directory path to create."
+        )
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{out_dir} exists and is not empty. Choose a new directory, or pass {flag} to "
+            "replace it."
+        )
+
+
+def read_weights(file: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of safetensors `file`; a truncated or corrupt file raises a ValueError naming it."""
+    try:
+        return load_file(file, device=str(device))
+    except SafetensorError as e:
+        raise corrupt_weights(file, e, "Re-export or re-download it") from e
+
+
+def corrupt_weights(file: Path, error: Exception, advice: str) -> ValueError:
+    """The error for a safetensors `file` that safetensors could not read."""
+    return ValueError(
+        f"{file}: corrupt or incomplete ({error}); it was probably cut short by a full disk or "
+        f"an interrupted copy. {advice}."
+    )
 
 
 def _hf_config(config: GPTConfig, dtype: torch.dtype) -> dict[str, Any]:
@@ -135,12 +168,7 @@ def load_hf(source: str | Path, pad_vocab_to: int = 64, dtype: torch.dtype = tor
     hf = _read_json(path / CONFIG_FILE)
     sidecar = _read_json(path / SIDECAR_FILE) if (path / SIDECAR_FILE).is_file() else {}
     state: dict[str, torch.Tensor] = {}
-    try:
-        tensors = load_file(path / WEIGHTS_FILE)
-    except Exception as e:  # safetensors raises its own SafetensorError on a truncated file
-        raise ValueError(
-            f"{path / WEIGHTS_FILE}: unreadable ({e}). Re-export or re-download it."
-        ) from e
+    tensors = read_weights(path / WEIGHTS_FILE)
     for key, t in tensors.items():
         # OpenAI's hub files name keys without the `transformer.` prefix (`h.0.attn...`).
         name = key if key.startswith(("transformer.", "lm_head.")) else f"transformer.{key}"

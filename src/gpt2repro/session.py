@@ -1,7 +1,12 @@
 """Everything a training run sets up before its first step, gathered in one `Session`.
 
-Device and process group, data (prepared if missing), tokenizer, model, compile and
-DDP/FSDP wrapping, optimizer, grad scaler, run directory records and metric sinks.
+Device and process group, data (prepared if missing), tokenizer, HellaSwag examples,
+model, compile and DDP/FSDP wrapping, optimizer, grad scaler, run directory records and
+metric sinks. Whatever can fail is checked here, before the first step: a bad input must
+not cost a run its training time.
+
+A new run never writes into an earlier run's directory: that run is moved aside to
+`<out_dir>.1` (`.2`, ...) first. Only resuming (`checkpoint.resume`) continues a directory.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ from typing import Any
 
 import torch
 
+from gpt2repro import checkpoint as ckpt
 from gpt2repro.config import TrainConfig
-from gpt2repro.data.loader import read_manifest
-from gpt2repro.distributed import DistInfo, init_distributed, print0, shutdown
+from gpt2repro.data.loader import eval_batches, read_manifest
+from gpt2repro.distributed import DistInfo, init_distributed, print0, shutdown, wait_for_main
+from gpt2repro.evaluation.hellaswag import load_examples
 from gpt2repro.metrics import (
     MetricsWriter,
     datasheet_peak,
@@ -38,7 +45,7 @@ from gpt2repro.parallelize import (
     wrap_model,
 )
 from gpt2repro.runtime import resolve_device, seed_everything
-from gpt2repro.tokenizer import Tokenizer, load_tokenizer
+from gpt2repro.tokenizer import Tokenizer
 from gpt2repro.tokenizer_setup import ensure_dataset
 
 
@@ -59,6 +66,8 @@ class Session:
     flops_per_token: float
     peak_flops: float
     config_json: str
+    hellaswag: list[dict[str, Any]] | None
+    """The HellaSwag examples scored at each evaluation (None: eval.hellaswag is off)."""
 
     def peak_memory(self) -> int:
         return peak_memory_bytes(self.device)
@@ -116,18 +125,86 @@ def peak_flops_for(device: torch.device, dtype: str) -> tuple[float, str]:
     return measured, f"a {dtype} matmul measured at start-up (varies with the machine's load)"
 
 
+def previous_run(cfg: TrainConfig) -> bool:
+    """Whether out_dir holds a run that this one would overwrite instead of continue."""
+    run_dir = cfg.run.out_dir
+    if not ((run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()):
+        return False
+    source = ckpt.find_resume(cfg.checkpoint.resume, run_dir)
+    return source is None or not source.resolve().is_relative_to(run_dir.resolve())
+
+
+def set_aside(run_dir: Path) -> Path:
+    """Rename `run_dir` to the first free `<run_dir>.N`; returns the new name."""
+    n = 1
+    while (moved := run_dir.with_name(f"{run_dir.name}.{n}")).exists():
+        n += 1
+    run_dir.rename(moved)
+    return moved
+
+
+def load_hellaswag(cfg: TrainConfig) -> list[dict[str, Any]] | None:
+    """The examples, read (or downloaded) at start-up so a missing file fails before step 1."""
+    if not cfg.eval.hellaswag:
+        return None
+    try:
+        return load_examples(cfg.eval.hellaswag_path, cfg.eval.hellaswag_limit)
+    except ConnectionError as e:  # its advice names `eval`'s flag; train's is longer
+        message = str(e).replace("--hellaswag-path", "--eval.hellaswag-path")
+        raise ConnectionError(f"--eval.hellaswag: {message}") from None
+
+
+def check_val_split(cfg: TrainConfig, data_dir: Path, dist: DistInfo) -> None:
+    """Every evaluation reads the same windows: make sure there are enough, now."""
+    b = cfg.batch
+    eval_batches(
+        data_dir,
+        "val",
+        b.micro_batch,
+        b.seq_len,
+        cfg.eval.val_tokens,
+        rank=dist.rank,
+        world_size=dist.world_size,
+    )
+
+
+def prepare_run_dir(
+    cfg: TrainConfig, device: torch.device, dist: DistInfo, config_json: str
+) -> None:
+    """Move an earlier run aside (rank 0; the others wait), then write this run's records."""
+    run_dir = cfg.run.out_dir
+    if dist.is_main:
+        if previous_run(cfg):
+            moved = set_aside(run_dir)
+            print(
+                f"note: {run_dir} held an earlier run; moved it to {moved}. "
+                f"To continue a run instead, pass --checkpoint.resume auto.",
+                flush=True,
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(config_json + "\n")
+        (run_dir / "environment.json").write_text(
+            json.dumps(environment_record(device, dist), indent=2) + "\n"
+        )
+    wait_for_main(dist)  # no rank looks into run_dir before the move
+
+
 def open_session(cfg: TrainConfig) -> Session:
     device = resolve_device(cfg.run.device)
     dist = init_distributed(device)
     cfg.validate(dist.world_size)
+    ckpt.resume_point(cfg.checkpoint.resume, cfg.run.out_dir, cfg.run.max_steps)
+    for note in cfg.warnings():
+        print0(dist, f"warning: {note}")
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     dtype = resolve_dtype(cfg.run.dtype, device)
     parallel = cfg.run.parallel
     check_parallel(parallel, dtype)
     configure_backends(device)
-    data_dir, tok_spec = ensure_dataset(cfg.data, dist)
-    tokenizer = load_tokenizer(tok_spec)
+    hellaswag = load_hellaswag(cfg)
+    data_dir, tokenizer = ensure_dataset(cfg.data, dist)
+    check_val_split(cfg, data_dir, dist)
     manifest = read_manifest(data_dir)
     if cfg.model.vocab_size != tokenizer.vocab_size:
         print0(
@@ -151,12 +228,7 @@ def open_session(cfg: TrainConfig) -> Session:
         seed_everything(cfg.run.seed + dist.rank)
     run_dir = cfg.run.out_dir
     config_json = json.dumps(asdict(cfg), indent=2, default=str)
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(config_json + "\n")
-        (run_dir / "environment.json").write_text(
-            json.dumps(environment_record(device, dist), indent=2) + "\n"
-        )
+    prepare_run_dir(cfg, device, dist, config_json)
     wandb = cfg.log.wandb_project if cfg.log.wandb else None
     writer = MetricsWriter(
         run_dir, cfg.log.tensorboard and dist.is_main, wandb if dist.is_main else None, asdict(cfg)
@@ -186,4 +258,5 @@ def open_session(cfg: TrainConfig) -> Session:
         fpt,
         peak,
         config_json,
+        hellaswag,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -21,8 +21,10 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from gpt2repro import assets
 from gpt2repro.atomic import atomic_file
+from gpt2repro.data.sources import files as file_source
 
 EOT = "<|endoftext|>"
+TRAIN_COMMAND = "gpt2repro tokenizer train FILES... --vocab-size N --out tokenizer.json"
 # 256 byte tokens + <|endoftext|> is the vocabulary before any merge; we want at least one.
 MIN_BPE_VOCAB_SIZE = 256 + 1 + 1
 
@@ -127,20 +129,18 @@ class ByteBPETokenizer:
         path = Path(path).resolve()
         if not path.is_file():
             raise FileNotFoundError(
-                f"{path}: no such tokenizer file. Train one with "
-                f"gpt2repro.tokenizer.train_bpe, or pass 'gpt2'."
+                f"{path}: no such tokenizer file. Train one with `{TRAIN_COMMAND}`, or pass 'gpt2'."
             )
-        text = path.read_text(encoding="utf-8")
+        text, self._special = _read_tokenizer_json(path)
         # `encode_special_tokens` is a mutable switch on the HF object; two copies, one per
         # setting, keep encode() free of shared state that concurrent callers could race on.
-        self._special = HFTokenizer.from_str(text)
         self._ordinary = HFTokenizer.from_str(text)
         self._ordinary.encode_special_tokens = True
         eot = self._special.token_to_id(EOT)
         if eot is None:
             raise ValueError(
                 f"{path}: tokenizer has no {EOT} token. Re-train it with "
-                f"gpt2repro.tokenizer.train_bpe, which adds it."
+                f"`{TRAIN_COMMAND}`, which adds it."
             )
         self.eot_id: int = eot
         self.vocab_size: int = self._special.get_vocab_size(with_added_tokens=True)
@@ -175,37 +175,57 @@ class ByteBPETokenizer:
         return f"ByteBPETokenizer({self.spec!r})"
 
 
+def _read_tokenizer_json(path: Path) -> tuple[str, HFTokenizer]:
+    """The text of tokenizer file `path` and the `tokenizers` object it describes."""
+    what = (
+        f"It should be a tokenizer .json (Hugging Face tokenizers format) written by "
+        f"`{TRAIN_COMMAND}`; re-train it or pass 'gpt2'."
+    )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a text file (byte {e.start} is not UTF-8). {what}") from e
+    try:
+        return text, HFTokenizer.from_str(text)
+    except Exception as e:  # tokenizers raises a bare Exception for every parse error
+        problem = "empty" if not text.strip() else f"unreadable ({e})"
+        raise ValueError(f"{path}: {problem}. {what}") from e
+
+
 def train_bpe(
-    files: Sequence[Path],
+    files: Sequence[Path | str],
     vocab_size: int,
     out_path: Path,
     *,
+    text_field: str = "text",
     min_frequency: int = 2,
     show_progress: bool = True,
 ) -> ByteBPETokenizer:
-    """Train a byte-level BPE on UTF-8 text `files`, save it to `out_path` (JSON), load it back."""
-    files = [Path(f) for f in files]
-    problems = []
+    """Train a byte-level BPE on `files`, save it to `out_path` (JSON), load it back.
+
+    `files` are read as `gpt2repro prepare files` reads them: .txt, .jsonl and .parquet
+    files (`text_field` of each record), folders (searched recursively) or globs.
+    """
+    problems: list[str] = []
+    error: type[Exception] = ValueError
     if not files:
-        problems.append("no training files given; pass at least one UTF-8 text file")
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        problems.append(f"training files not found: {', '.join(missing)}; check the paths")
+        problems.append("no training files given; pass at least one UTF-8 text file or folder")
+    else:
+        try:
+            source = file_source([str(f) for f in files], text_field=text_field)
+        except (FileNotFoundError, ValueError) as e:
+            problems.append(str(e).rstrip("."))
+            error = type(e)
     if vocab_size < MIN_BPE_VOCAB_SIZE:
         problems.append(
             f"vocab_size={vocab_size} is too small: 256 byte tokens + {EOT} leave no room "
             f"for merges; use at least {MIN_BPE_VOCAB_SIZE}"
         )
     if problems:
-        error = FileNotFoundError if missing else ValueError
         raise error("Cannot train BPE tokenizer: " + "; ".join(problems) + ".")
-
-    def read_files() -> Iterator[str]:
-        for f in files:
-            yield f.read_text(encoding="utf-8", errors="replace")
-
+    texts = (doc.text for doc in source.documents())
     return train_bpe_from_texts(
-        read_files(), vocab_size, out_path, min_frequency=min_frequency, show_progress=show_progress
+        texts, vocab_size, out_path, min_frequency=min_frequency, show_progress=show_progress
     )
 
 
@@ -252,5 +272,5 @@ def load_tokenizer(spec: str) -> Tokenizer:
         return ByteBPETokenizer.load(spec)
     raise ValueError(
         f"Unknown tokenizer {spec!r}. Use 'gpt2' or the path to a tokenizer .json "
-        f"written by gpt2repro.tokenizer.train_bpe."
+        f"written by `{TRAIN_COMMAND}`."
     )

@@ -4,15 +4,21 @@
 documents (never its validation documents) once, and caches it under the data root.
 Rank 0 does the work; the other ranks wait (`distributed.wait_for_main`, no 10-minute
 limit) and then read the result.
+
+A dataset already prepared under `<data_root>/<name>` is used whatever `prepare` command
+made it (e.g. `prepare files PATHS --name tinystories`, the offline route); only known
+dataset names are prepared when missing.
 """
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 
 from gpt2repro.config import DataConfig
+from gpt2repro.data import manifest as mf
 from gpt2repro.distributed import DistInfo, print0, wait_for_main
-from gpt2repro.tokenizer import train_bpe_from_texts
+from gpt2repro.tokenizer import Tokenizer, load_tokenizer, train_bpe_from_texts
 
 
 def tokenizer_path(cfg: DataConfig, vocab_size: int) -> Path:
@@ -21,11 +27,18 @@ def tokenizer_path(cfg: DataConfig, vocab_size: int) -> Path:
 
 def train_dataset_tokenizer(cfg: DataConfig, vocab_size: int, dist: DistInfo) -> Path:
     """Train (once) a BPE on the training split of `cfg.dataset`; returns the tokenizer file."""
-    from gpt2repro.data.prepare import assign_split, open_source
+    from gpt2repro.data.prepare import DATASETS, assign_split, open_source
 
     path = tokenizer_path(cfg, vocab_size)
     if path.is_file():
         return path
+    if cfg.dataset not in DATASETS or cfg.dataset == "files":
+        raise ValueError(
+            f"data.tokenizer=train:{vocab_size} trains on the documents of a known dataset "
+            f"({', '.join(d for d in DATASETS if d != 'files')}), not {cfg.dataset!r}. For local "
+            f"files train one with `gpt2repro tokenizer train FILES --vocab-size {vocab_size}`, "
+            f"prepare the files with `--tokenizer TOKENIZER.json` and train with --data.tokenizer TOKENIZER.json."
+        )
     source = open_source(cfg.dataset)
     fraction = source.val_fraction or 0.0
     texts = (
@@ -56,13 +69,54 @@ def resolve_tokenizer_spec(cfg: DataConfig, dist: DistInfo) -> str:
     return str(path)
 
 
-def ensure_dataset(cfg: DataConfig, dist: DistInfo) -> tuple[Path, str]:
-    """The prepared dataset's folder and the tokenizer spec, preparing both when missing."""
+def find_prepared(cfg: DataConfig, tokenizer: Tokenizer) -> Path | None:
+    """The finished dataset `cfg.dataset` names: a folder, or a name under the data root."""
+    by_name = mf.dataset_dir(cfg.data_root, cfg.dataset, tokenizer.identifier)
+    for candidate in (Path(cfg.dataset), by_name):
+        if (candidate / mf.MANIFEST).is_file():
+            return candidate
+    return None
+
+
+def prepared_otherwise(cfg: DataConfig) -> Path | None:
+    """The dataset prepared under this name with another tokenizer, if any (to say so)."""
+    root = Path(cfg.data_root)
+    others = [root / cfg.dataset, *sorted(root.glob(f"{glob.escape(cfg.dataset)}-bpe-*"))]
+    return next((p for p in others if (p / mf.MANIFEST).is_file()), None)
+
+
+def check_tokenizer(data_dir: Path, tokenizer: Tokenizer, cfg: DataConfig) -> None:
+    """The dataset's tokens must come from the tokenizer the run trains with."""
+    stored = mf.read_manifest(data_dir)["tokenizer"]
+    if stored["identifier"] != tokenizer.identifier:
+        raise ValueError(
+            f"{data_dir} was prepared with tokenizer {stored['identifier']}, but this run uses "
+            f"{tokenizer.identifier} (--data.tokenizer {cfg.tokenizer}). Train on it with "
+            f"--data.tokenizer {stored['spec']}, or prepare the data again with the run's "
+            f"tokenizer (`gpt2repro prepare ... --tokenizer ...`) under another --name or "
+            f"--data-dir."
+        )
+
+
+def ensure_dataset(cfg: DataConfig, dist: DistInfo) -> tuple[Path, Tokenizer]:
+    """The prepared dataset's folder and the run's tokenizer, preparing both when missing."""
     from gpt2repro.data.commands import resolve_dataset
-    from gpt2repro.data.prepare import prepare_dataset
+    from gpt2repro.data.prepare import DATASETS, prepare_dataset
 
     spec = resolve_tokenizer_spec(cfg, dist)
-    if dist.is_main and cfg.prepare_if_missing and not Path(cfg.dataset).is_dir():
+    tokenizer = load_tokenizer(spec)
+    preparable = cfg.prepare_if_missing and cfg.dataset in DATASETS and cfg.dataset != "files"
+    if dist.is_main and preparable and find_prepared(cfg, tokenizer) is None:
         prepare_dataset(cfg.dataset, cfg.data_root, spec)
     wait_for_main(dist)
-    return resolve_dataset(cfg.dataset, cfg.data_root, spec), spec
+    found = find_prepared(cfg, tokenizer) or prepared_otherwise(cfg)
+    if found is None and cfg.dataset not in DATASETS and not Path(cfg.dataset).is_dir():
+        raise FileNotFoundError(
+            f"No prepared dataset {cfg.dataset!r} in {cfg.data_root} (for {tokenizer.identifier} "
+            f"tokens). Prepare local files under that name with `gpt2repro prepare files PATHS "
+            f"--name {cfg.dataset} --data-dir {cfg.data_root}`, or pass --data.dataset one of "
+            f"{', '.join(d for d in DATASETS if d != 'files')} or a prepared dataset's folder."
+        )
+    data_dir = found or resolve_dataset(cfg.dataset, cfg.data_root, spec)
+    check_tokenizer(data_dir, tokenizer, cfg)
+    return data_dir, tokenizer

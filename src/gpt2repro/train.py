@@ -10,7 +10,6 @@ are called by every rank.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
 import signal
@@ -25,7 +24,7 @@ from gpt2repro import checkpoint as ckpt
 from gpt2repro.config import TrainConfig
 from gpt2repro.data.loader import TokenLoader
 from gpt2repro.distributed import agree, broadcast_object, gather_objects, print0
-from gpt2repro.evaluation.hellaswag import hellaswag_eval, load_examples
+from gpt2repro.evaluation.hellaswag import hellaswag_eval
 from gpt2repro.evaluation.val import split_loss
 from gpt2repro.optim import lr_at, set_lr
 from gpt2repro.parallelize import (
@@ -56,6 +55,9 @@ class TrainState:
     """Steps skipped for a non-finite or spiking loss."""
     bad_streak: int = 0
     """Consecutive skipped steps, reset by a good one."""
+    overflow_steps: int = 0
+    """Steps the fp16 loss scaler skipped for overflowing gradients (it lowers its scale and
+    goes on: expected now and then, so not counted as bad)."""
     recent_losses: list[float] = field(default_factory=list)
     """Window of recent good losses for spike detection."""
 
@@ -68,6 +70,8 @@ class RunResult:
     stopped_by: str
     """finished, time_limit, signal or unstable."""
     checkpoint: Path | None
+    signal: int | None = None
+    """The signal that stopped the run (SIGINT, SIGTERM), if one did."""
 
 
 class StopRequest:
@@ -75,6 +79,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequest:
@@ -87,7 +92,7 @@ class StopRequest:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:  # a second Ctrl-C means now
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signum = True, signum
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
@@ -132,12 +137,14 @@ def apply_step(s: Session, state: TrainState, loss: float, norm: float) -> bool:
         state.skipped_steps += 1
         state.bad_streak += 1
     else:
-        s.scaler.step(s.optimizer)
+        s.scaler.step(s.optimizer)  # itself skips the update when the gradients overflowed
         state.bad_streak = 0
         state.recent_losses = [*state.recent_losses[-49:], loss]
+    overflow = not bad and not math.isfinite(norm)  # only reachable with the scaler on
+    state.overflow_steps += overflow
     s.scaler.update()
     zero_grads(s.model, s.optimizer)
-    return not bad
+    return not bad and not overflow
 
 
 def save(s: Session, state: TrainState, loader: TokenLoader, name: str | None = None) -> Path:
@@ -148,7 +155,7 @@ def save(s: Session, state: TrainState, loader: TokenLoader, name: str | None = 
     meta["config"] = json.loads(s.config_json)
     ckpt.save_train_checkpoint(path, s.model, s.tokenizer, s.optimizer, s.scaler, meta, s.dist)
     if name is None and s.dist.is_main:
-        ckpt.prune(root, s.cfg.checkpoint.keep_last)
+        ckpt.prune(root, s.cfg.checkpoint.keep_last, newest=path)
     return path
 
 
@@ -162,13 +169,7 @@ def resume(s: Session, loader: TokenLoader, source: Path) -> TrainState:
 
 def resume_source(s: Session) -> Path | None:
     """The checkpoint to resume from, chosen by rank 0 and checked to be readable on every rank."""
-    choice = s.cfg.checkpoint.resume
-    source: Path | None = None
-    if choice == "auto":
-        found = ckpt.step_dirs(s.run_dir / "checkpoints")
-        source = found[-1] if found else None
-    elif choice != "none":
-        source = Path(choice)
+    source = ckpt.find_resume(s.cfg.checkpoint.resume, s.run_dir)
     source = broadcast_object(source, s.dist)  # one decision, even if listings differ by node
     if source is not None and s.dist.enabled:
         readable = gather_objects(ckpt.is_checkpoint(source), s.dist)
@@ -201,22 +202,14 @@ def evaluate(s: Session, state: TrainState) -> dict[str, float]:
             s.dist,
             f"step {state.step:>6} | val loss {result['loss']:.4f} | val bpb {result['bpb']:.4f}",
         )
-    if s.cfg.eval.hellaswag:
-        e = s.cfg.eval
-        examples = hellaswag_examples(e.hellaswag_path, e.hellaswag_limit)
+    if s.hellaswag is not None:
         hs = hellaswag_eval(
-            s.model, examples, s.tokenizer, s.device, s.dtype, s.dist, progress=False
+            s.model, s.hellaswag, s.tokenizer, s.device, s.dtype, s.dist, progress=False
         )
         if s.dist.is_main:
             s.writer.write({"step": state.step, "kind": "hellaswag", "tokens": state.tokens, **hs})
             print0(s.dist, f"step {state.step:>6} | hellaswag acc_norm {hs['acc_norm']:.4f}")
     return result
-
-
-@functools.cache
-def hellaswag_examples(path: Path | None, limit: int | None) -> list[dict[str, Any]]:
-    """The validation examples, read once per process."""
-    return load_examples(path, limit)
 
 
 def write_samples(s: Session, state: TrainState, num: int = 2) -> None:
@@ -269,6 +262,7 @@ def log_train(
         "tokens_per_s": tok_s,
         "mfu": mfu,
         "skipped": state.skipped_steps,
+        "overflow_steps": state.overflow_steps,
     }
     rec |= {"mem_gb": s.peak_memory() / 1e9, "eta_s": remaining}
     if s.dist.is_main:
@@ -289,11 +283,27 @@ def out_of_time(cfg: TrainConfig, train_seconds: float) -> bool:
     return cfg.run.max_minutes is not None and train_seconds > 60 * cfg.run.max_minutes
 
 
-def train(cfg: TrainConfig) -> RunResult:
-    """Train according to `cfg`; returns where everything went."""
-    s = open_session(cfg)
-    c = s.cfg  # the session may adjust it (vocabulary size from the tokenizer)
-    accum = c.grad_accum_steps(s.dist.world_size)
+def evaluate_or_save(s: Session, state: TrainState, loader: TokenLoader) -> dict[str, float]:
+    """`evaluate`; if it fails (a damaged val shard, a full disk), save the training first.
+
+    Only failures every rank meets alike (its files and disks) are caught: the save is a
+    collective, which a rank failing alone would leave the others waiting in.
+    """
+    try:
+        return evaluate(s, state)
+    except (ValueError, OSError):
+        path = save(s, state, loader)
+        print0(
+            s.dist,
+            f"evaluation failed at step {state.step}; the training so far is saved in {path}. "
+            f"Fix the cause below, then continue with --checkpoint.resume auto.",
+        )
+        raise
+
+
+def start(s: Session) -> tuple[TokenLoader, TrainState, Path | None]:
+    """The data loader and the run's state: fresh, or restored from the resume checkpoint."""
+    c = s.cfg
     loader = TokenLoader(
         s.data_dir,
         "train",
@@ -308,6 +318,27 @@ def train(cfg: TrainConfig) -> RunResult:
     state = resume(s, loader, source) if source is not None else TrainState()
     if s.dist.is_main:
         s.writer.truncate_after(state.step)
+        moved = ckpt.set_aside_after(s.run_dir / "checkpoints", state.step)
+        if moved:
+            print(f"moved {len(moved)} checkpoint(s) after step {state.step} to {moved[0].parent}")
+    return loader, state, source
+
+
+def train(cfg: TrainConfig) -> RunResult:
+    """Train according to `cfg`; returns where everything went."""
+    s = open_session(cfg)
+    c = s.cfg  # the session may adjust it (vocabulary size from the tokenizer)
+    accum = c.grad_accum_steps(s.dist.world_size)
+    loader, state, source = start(s)
+    if state.step >= c.run.max_steps:  # open_session refused a checkpoint past the end
+        print0(
+            s.dist,
+            f"nothing to train: {source} is at step {state.step} = run.max_steps. "
+            f"Pass a larger --run.max-steps to train on from it.",
+        )
+        loader.close()
+        s.close()
+        return RunResult(s.run_dir, state, {}, "finished", source)
     stopped_by, last = "finished", None
     t_log, steps_since_log, train_s_log = time.perf_counter(), 0, state.train_seconds
     with StopRequest() as stop:
@@ -332,7 +363,7 @@ def train(cfg: TrainConfig) -> RunResult:
                 stopped_by = "unstable"
                 break
             if due(state.step, c.eval.interval) and state.step < c.run.max_steps:
-                val = evaluate(s, state)
+                val = evaluate_or_save(s, state, loader)
                 if val["loss"] < state.best_val_loss:
                     state.best_val_loss = val["loss"]
                     save(s, state, loader, name="best")
@@ -343,7 +374,9 @@ def train(cfg: TrainConfig) -> RunResult:
             if signalled or timed_out:
                 stopped_by = "signal" if signalled else "time_limit"
                 break
-        return finish(s, state, loader, stopped_by, last)
+        result = finish(s, state, loader, stopped_by, last)
+        result.signal = stop.signum if stopped_by == "signal" else None
+        return result
 
 
 def finish(
@@ -368,6 +401,13 @@ def finish(
             write_samples(s, state)
         if s.dist.is_main:
             plot_loss([s.run_dir], s.run_dir / "loss.png")
+    if stopped_by in ("time_limit", "signal"):
+        why = "time limit" if stopped_by == "time_limit" else "signal"
+        print0(
+            s.dist,
+            f"stopped at step {state.step} of {s.cfg.run.max_steps} ({why}); "
+            f"continue with --checkpoint.resume auto",
+        )
     loader.close()
     s.close()
     return RunResult(s.run_dir, state, final_val, stopped_by, last)

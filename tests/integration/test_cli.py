@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -137,3 +139,141 @@ def test_export_command_writes_hf_directory(
     assert (tmp_path / "hf" / "model.safetensors").is_file()
     code, _, err = run_cli(["sample", str(tmp_path / "hf"), "--max-new-tokens", "4"], capsys)
     assert code == 0, err
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path: Path) -> Path:
+    """A gpt2repro checkpoint of a 1-layer model with GPT-2's tokenizer, inside a run directory."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=50257, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    root = tmp_path / "run1" / "checkpoints"
+    save_checkpoint(root / "step_000010", GPT(cfg), load_tokenizer("gpt2"), meta={"step": 10})
+    return save_checkpoint(root / "best", GPT(cfg), load_tokenizer("gpt2"), meta={"step": 10})
+
+
+def test_truncated_weights_name_the_file(
+    tmp_path: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exported = tmp_path / "hf"
+    assert run_cli(["export", str(tiny_checkpoint), str(exported)], capsys)[0] == 0
+    for model_dir in (tiny_checkpoint, exported):
+        weights = model_dir / "model.safetensors"
+        with open(weights, "r+b") as f:  # as `truncate -s 100`: cut inside the header
+            f.truncate(100)
+        for args in (["sample", str(model_dir)], ["export", str(model_dir), str(tmp_path / "o")]):
+            code, _, err = run_cli(args, capsys)
+            assert_user_error(code, err, str(weights), "corrupt or incomplete")
+    code, _, err = run_cli(["sample", str(tiny_checkpoint)], capsys)
+    assert "another checkpoint" in err
+
+
+def test_run_directory_points_at_its_checkpoints(
+    tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tiny_checkpoint.parent.parent
+    (run_dir / "config.json").write_text("{}")  # as train writes: not an HF config
+    code, _, err = run_cli(["sample", str(run_dir)], capsys)
+    assert_user_error(code, err, "run directory", str(tiny_checkpoint), "best, step_000010")
+    assert "model.safetensors" not in err
+    code, out, err = run_cli(["sample", str(tiny_checkpoint), "--max-new-tokens", "2"], capsys)
+    assert code == 0 and "--- sample 1/1 ---" in out, err
+
+
+@pytest.mark.parametrize("content", ["", '{"model": ', "[1, 2]"])
+def test_broken_tokenizer_file_is_named(
+    content: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "tok.json"
+    broken.write_text(content)
+    code, _, err = run_cli(["tokenizer", "encode", "hi", "--tokenizer", str(broken)], capsys)
+    assert_user_error(code, err, str(broken), "gpt2repro tokenizer train")
+    missing = ["tokenizer", "encode", "hi", "--tokenizer", str(tmp_path / "no.json")]
+    code, _, err = run_cli(missing, capsys)
+    assert_user_error(code, err, "no.json", "gpt2repro tokenizer train")
+    assert "train_bpe" not in err
+
+
+def test_export_overwrite_flag_and_file_targets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_dir = tmp_path / "hf"
+    assert run_cli(["export", "init:tiny", str(out_dir), "--seed", "1"], capsys)[0] == 0
+    first = (out_dir / "model.safetensors").read_bytes()
+    # The target is checked before the model is loaded: a bad model is not reached.
+    code, _, err = run_cli(["export", str(tmp_path / "no_model"), str(out_dir)], capsys)
+    assert_user_error(code, err, str(out_dir), "--overwrite")
+    assert "overwrite=True" not in err
+    code, _, err = run_cli(
+        ["export", "init:tiny", str(out_dir), "--seed", "2", "--overwrite"], capsys
+    )
+    assert code == 0, err
+    assert (out_dir / "model.safetensors").read_bytes() != first
+    a_file = tmp_path / "config.json"
+    a_file.write_text("{}")
+    for target in (a_file, a_file / "sub"):
+        code, _, err = run_cli(["export", "init:tiny", str(target)], capsys)
+        assert_user_error(code, err, f"{a_file} is a file")
+        assert "Errno" not in err
+
+
+def test_tokenizer_train_reads_folders_like_prepare(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "txt"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("the cat sat on the mat\n" * 50)
+    (folder / "sub" / "b.txt").write_text("a dog ran in the fog\n" * 50)
+    (folder / "notes.md").write_text("not read: prepare reads .txt, .jsonl and .parquet only\n")
+    from_folder, from_files = tmp_path / "folder.json", tmp_path / "files.json"
+    code, _, err = run_cli(
+        ["tokenizer", "train", str(folder), "--vocab-size", "270", "--out", str(from_folder)],
+        capsys,
+    )
+    assert code == 0, err
+    # Reference: the same files named one by one, in the order prepare sorts them.
+    files = [str(folder / "a.txt"), str(folder / "sub" / "b.txt")]
+    run_cli(["tokenizer", "train", *files, "--vocab-size", "270", "--out", str(from_files)], capsys)
+    assert from_folder.read_text() == from_files.read_text()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run_cli(["tokenizer", "train", str(empty)], capsys)
+    assert_user_error(code, err, f"directory {empty} holds no .txt")
+
+
+def help_text(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    code, out, err = run_cli([*args, "--help"], capsys)
+    assert code == 0, err
+    return out
+
+
+def test_help_names_what_the_readme_names(capsys: pytest.CaptureFixture[str]) -> None:
+    sample = help_text(["sample"], capsys)
+    assert "[MODEL]" in sample and "[STR]" not in sample
+    assert "--no-cache" in sample and "--no-no-cache" not in sample
+    export = help_text(["export"], capsys)
+    assert "MODEL OUT_DIR" in export and "--overwrite" in export and "STR PATH" not in export
+    tokenizer_train = help_text(["tokenizer", "train"], capsys)
+    assert "(default: )" not in tokenizer_train and "FILE [FILE ...]" in tokenizer_train
+    options = help_text(["train"], capsys).split("options", 1)[1]  # after the description
+    assert "--preset STR" in options and "--dry-run" in options and "--no-dry-run" not in options
+
+
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (None, 143)]
+)
+def test_train_stopped_by_a_signal_exits_128_plus_its_number(
+    signum: int | None,
+    code: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import gpt2repro.train
+
+    def stopped(cfg: object) -> SimpleNamespace:
+        return SimpleNamespace(
+            run_dir=tmp_path, final_val={}, checkpoint=None, stopped_by="signal", signal=signum
+        )
+
+    monkeypatch.setattr(gpt2repro.train, "train", stopped)
+    assert run_cli(["train"], capsys)[0] == code

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +134,27 @@ def test_val_and_hellaswag_results_go_next_to_the_checkpoint(
     assert again["results"]["hellaswag"]["samples"] == 1
 
 
+# A random GPT with tied embeddings predicts its last input token again, so the harness
+# scores the second text as greedy and the first as not: acc is neither 0 nor 1.
+LAMBADA_TEXTS = ["The river carried the silver stone", "The garden carried the the"]
+
+
+def direct_loglikelihood(checkpoint: Path, context: str, target: str) -> tuple[float, bool]:
+    """log p(target | context) summed over the target's tokens, and whether each is the argmax."""
+    from gpt2repro.checkpoint import load_model
+
+    model, _, _ = load_model(checkpoint)
+    tok = GPT2Tokenizer()
+    ctx = tok.encode(context)
+    cont = tok.encode(context + target)[len(ctx) :]
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        logprobs = F.log_softmax(model(ids[:, :-1])[0, len(ctx) - 1 :], dim=-1)  # (len(cont), V)
+    target_ids = torch.tensor(cont)
+    greedy = bool((logprobs.argmax(-1) == target_ids).all())
+    return float(logprobs.gather(1, target_ids[:, None]).sum()), greedy
+
+
 def test_lm_eval_tasks_run_through_the_harness(
     checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -141,18 +164,31 @@ def test_lm_eval_tasks_run_through_the_harness(
     real = harness.task_manager  # without indexing the whole harness (~10 s)
     monkeypatch.setattr(harness, "task_manager", lambda: real(include_defaults=False))
     data = tmp_path / "tiny.jsonl"
-    data.write_text(json.dumps({"text": "The river carried the silver stone"}) + "\n")
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in LAMBADA_TEXTS))
     task = tmp_path / "tiny_lambada.yaml"
     task.write_text(
         f"task: tiny_lambada\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
         f"  cache_dir: {tmp_path / 'cache'}\noutput_type: loglikelihood\ntest_split: test\n"
         "doc_to_text: \"{{text.split(' ')[:-1]|join(' ')}}\"\n"
         "doc_to_target: \"{{' '+text.split(' ')[-1]}}\"\nmetric_list:\n  - metric: acc\n"
+        "  - metric: perplexity\n"
     )
     out = tmp_path / "results.json"
-    results = run_eval(EvalArgs(str(checkpoint), tasks=(f"lm_eval:{task}",), device="cpu", out=out))
-    assert results["lm_eval:tiny_lambada"]["metrics"] == {"acc": 0.0}
-    assert json.loads(out.read_text())["results"]["lm_eval:tiny_lambada"]["samples"] == 1
+    args = EvalArgs(
+        str(checkpoint), tasks=(f"lm_eval:{task}",), device="cpu", dtype="fp32", out=out
+    )
+    results = run_eval(args)
+
+    scores = [
+        direct_loglikelihood(checkpoint, text.rsplit(" ", 1)[0], " " + text.rsplit(" ", 1)[1])
+        for text in LAMBADA_TEXTS
+    ]
+    assert [greedy for _, greedy in scores] == [False, True]  # else acc checks nothing
+    metrics = results["lm_eval:tiny_lambada"]["metrics"]
+    assert metrics["acc"] == pytest.approx(0.5)
+    mean_ll = sum(ll for ll, _ in scores) / len(scores)
+    assert metrics["perplexity"] == pytest.approx(math.exp(-mean_ll), rel=1e-4)
+    assert json.loads(out.read_text())["results"]["lm_eval:tiny_lambada"]["samples"] == 2
 
 
 def test_bad_arguments_are_reported_together(checkpoint: Path, dataset: Path) -> None:
@@ -180,3 +216,21 @@ def test_val_refuses_a_dataset_of_another_tokenizer(checkpoint: Path, tmp_path: 
         ValueError, match=r"was tokenized with 'bpe-\w+', but the model uses 'gpt2'"
     ):
         run_eval(EvalArgs(str(checkpoint), tasks=("val",), data=str(data), device="cpu"))
+
+
+def test_val_on_a_shard_with_a_corrupt_token_names_the_shard(
+    checkpoint: Path, dataset: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "words"
+    shutil.copytree(dataset, data)
+    shard = data / "val_000000.bin"
+    raw = bytearray(shard.read_bytes())
+    raw[256 + 2 * 5 : 256 + 2 * 6] = (60000).to_bytes(2, "little")  # a bit flip past the header
+    shard.write_bytes(bytes(raw))
+    args = EvalArgs(str(checkpoint), tasks=("val",), data=str(data), seq_len=32, device="cpu")
+    with pytest.raises(
+        ValueError,
+        match=rf"{re.escape(str(shard))}: token 60000 is not below the vocabulary size 50257.*"
+        rf"`gpt2repro data verify {re.escape(str(data))}`",
+    ):
+        run_eval(args)

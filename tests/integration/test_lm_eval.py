@@ -325,14 +325,25 @@ def test_lm_eval_command_line_with_the_gpt2repro_model_type(
     harness.main(
         [*argv, "--device", "cpu", "--batch_size", "2", "--output_path", str(tmp_path / "out")]
     )
-    out = capsys.readouterr().out
-    assert "tiny_lambada" in out and "acc" in out
+    printed = printed_metrics(capsys.readouterr().out, "tiny_lambada")
+    (written,) = (tmp_path / "out").rglob("results_*.json")
+    saved = json.loads(written.read_text())["results"]["tiny_lambada"]
+    assert printed.keys() == {"acc", "perplexity"}
+    for name, value in printed.items():
+        assert value == pytest.approx(saved[f"{name},none"], abs=5e-5, rel=1e-8)
+    assert printed == pytest.approx(reference_metrics(export_dir), rel=1e-4)
+
+
+# The texts' last word is the target. A random GPT with tied embeddings predicts its last
+# input token again, so the second target is the greedy one and the first is not.
+TINY_TEXTS = [
+    "The miller gave his youngest son the cat",
+    "The miller gave his youngest son the the",
+]
 
 
 def tiny_task_yaml(tmp_path: Path) -> Path:
-    data = write_jsonl(
-        tmp_path / "tiny.jsonl", [{"text": "The miller gave his youngest son the cat"}]
-    )
+    data = write_jsonl(tmp_path / "tiny.jsonl", [{"text": t} for t in TINY_TEXTS])
     task = tmp_path / "tiny_lambada.yaml"
     task.write_text(
         "task: tiny_lambada\ndataset_path: json\n"
@@ -340,9 +351,42 @@ def tiny_task_yaml(tmp_path: Path) -> Path:
         "output_type: loglikelihood\ntest_split: test\n"
         "doc_to_text: \"{{text.split(' ')[:-1]|join(' ')}}\"\n"
         "doc_to_target: \"{{' '+text.split(' ')[-1]}}\"\n"
-        "metric_list:\n  - metric: acc\n"
+        "metric_list:\n  - metric: acc\n  - metric: perplexity\n"
     )
     return task
+
+
+def printed_metrics(stdout: str, task: str) -> dict[str, float]:
+    """Metric -> value from the markdown table lm-eval prints, for the rows of `task`."""
+    values: dict[str, float] = {}
+    current = None
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 7 or cells[0].startswith("-"):
+            continue
+        current = cells[0] or current  # a task's later rows leave its name blank
+        if current == task:
+            values[cells[4]] = float(cells[6])
+    return values
+
+
+def reference_metrics(export_dir: Path) -> dict[str, float]:
+    """acc and perplexity of TINY_TEXTS computed directly with transformers' GPT-2."""
+    hf = transformers.GPT2LMHeadModel.from_pretrained(export_dir).eval()
+    tok = GPT2Tokenizer()
+    lls, greedy = [], []
+    for text in TINY_TEXTS:
+        context, word = text.rsplit(" ", 1)
+        ctx = tok.encode(context)
+        cont = tok.encode(f"{context} {word}")[len(ctx) :]
+        with torch.no_grad():
+            logits = hf(torch.tensor([ctx + cont])).logits[0, len(ctx) - 1 : -1]  # (len(cont), V)
+        logprobs = torch.log_softmax(logits, dim=-1)
+        target = torch.tensor(cont)
+        lls.append(float(logprobs.gather(1, target[:, None]).sum()))
+        greedy.append(bool((logprobs.argmax(-1) == target).all()))
+    assert greedy == [False, True], greedy  # so acc is neither 0 nor 1
+    return {"acc": sum(greedy) / len(greedy), "perplexity": math.exp(-sum(lls) / len(lls))}
 
 
 @pytest.mark.slow
@@ -354,4 +398,5 @@ def test_lm_eval_command_line_as_a_process(export_dir: Path, tmp_path: Path) -> 
         cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "tiny_lambada" in proc.stdout
+    printed = printed_metrics(proc.stdout, "tiny_lambada")
+    assert printed == pytest.approx(reference_metrics(export_dir), rel=1e-4)

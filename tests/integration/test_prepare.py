@@ -26,7 +26,7 @@ from gpt2repro.data.manifest import read_manifest
 from gpt2repro.data.prepare import assign_split, prepare_dataset
 from gpt2repro.data.shards import ShardFormatError, read_header, read_tokens
 from gpt2repro.data.verify import verify_dataset
-from gpt2repro.tokenizer import EOT, load_tokenizer, train_bpe
+from gpt2repro.tokenizer import EOT, Tokenizer, load_tokenizer, train_bpe
 
 WORDS = "the quick brown fox jumps over lazy dog thou art king queen sword crown night"
 
@@ -69,6 +69,11 @@ def split_tokens(data_dir: Path, split: str) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def canonical_tokens(tok: Tokenizer, docs: list[str]) -> list[int]:
+    """[eot] + encode(doc) for each document, concatenated: what a split's shards must hold."""
+    return [t for doc in docs for t in [tok.eot_id, *tok.encode(doc)]]
+
+
 def prepare_corpus(root: Path, data_root: Path, **kwargs: object) -> Path:
     options: dict = {
         "out_name": "corpus",
@@ -94,6 +99,9 @@ def test_decoding_all_shards_gives_back_the_documents_joined_by_eot(
         mine = [d for d, s in zip(docs, splits, strict=True) if s == split]
         assert mine, f"{split} must not be empty"
         tokens = split_tokens(out, split)
+        # The canonical tokenization of each document, in order: decoding alone would also
+        # accept any other token sequence that spells the same text.
+        assert tokens.tolist() == canonical_tokens(tok, mine)
         assert tok.decode(tokens.tolist()) == "".join(EOT + d for d in mine)
         # The separators are the eot id itself, one per document, never the text of a document.
         assert int((tokens == tok.eot_id).sum()) == len(mine)
@@ -130,7 +138,7 @@ def test_a_trained_bpe_tokenizer_gets_its_own_folder_and_uint16(
     assert read_header(out / "train_000000.bin").tokenizer == tok.identifier
     splits = expected_splits([f"doc_{i:03d}.txt" for i in range(len(docs))], 0.2)
     val = [d for d, s in zip(docs, splits, strict=True) if s == "val"]
-    assert tok.decode(split_tokens(out, "val").tolist()) == "".join(EOT + d for d in val)
+    assert split_tokens(out, "val").tolist() == canonical_tokens(tok, val)
     verify_dataset(out)
 
 
@@ -207,21 +215,45 @@ def test_bad_file_inputs_name_the_problem(tmp_path: Path) -> None:
 def test_tiny_corpora_still_get_both_splits(tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "one.txt").write_text("only document", encoding="utf-8")
-    with pytest.raises(ValueError, match="train split of files came out empty"):
-        prepare_dataset(
-            "files",
-            tmp_path,
-            paths=[str(tmp_path / "in")],
-            out_name="one",
-            workers=1,
-            progress=False,
-        )
+    (tmp_path / "in" / "empty.txt").write_text("", encoding="utf-8")  # skipped: no document
+    run = lambda name, **kw: prepare_dataset(  # noqa: E731
+        "files", tmp_path / "data", paths=[str(tmp_path / "in")], out_name=name, workers=1,
+        progress=False, **kw,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="train split of files came out empty") as e:
+        run("one")
+    assert "--txt-separator $'\\n\\n'" in str(e.value)  # the option that would help, spelled out
+    assert not (tmp_path / "data" / "one").exists()  # no half-prepared folder to --overwrite
+    with pytest.raises(ValueError, match="--txt-separator '@@' left a single document"):
+        run("one", txt_separator="@@")
+    with pytest.raises(ValueError, match=r"0 train and 2 val documents\). Lower --val-fraction"):
+        run("one", txt_separator=" ", val_fraction=0.99999)
+    assert not (tmp_path / "data" / "one").exists()
     (tmp_path / "in" / "two.txt").write_text("second document", encoding="utf-8")
-    out = prepare_dataset(
-        "files", tmp_path, paths=[str(tmp_path / "in")], out_name="two", workers=1, progress=False
-    )
-    splits = read_manifest(out)["splits"]
+    splits = read_manifest(run("one"))["splits"]  # the failed runs left nothing in the way
     assert splits["train"]["documents"] == splits["val"]["documents"] == 1
+
+
+def test_a_single_txt_file_is_cut_into_train_and_val(tmp_path: Path) -> None:
+    lines = [f"line {i}: " + " ".join(WORDS.split()[i % 5 :]) + "\n" for i in range(40)]
+    text = "".join(lines)
+    (tmp_path / "book.txt").write_text(text, encoding="utf-8")
+    out = prepare_dataset(
+        "files", tmp_path / "data", paths=[str(tmp_path / "book.txt")], out_name="book",
+        val_fraction=0.1, workers=1, progress=False,
+    )  # fmt: skip
+    # Closed form: the val document is the lines from the one holding the 90% mark on.
+    mark = round(len(text) * 0.9)
+    starts = np.cumsum([0] + [len(line) for line in lines])
+    first_val = int(np.searchsorted(starts, mark, side="right")) - 1
+    train, val = "".join(lines[:first_val]), "".join(lines[first_val:])
+    tok = load_tokenizer("gpt2")
+    assert split_tokens(out, "train").tolist() == canonical_tokens(tok, [train])
+    assert split_tokens(out, "val").tolist() == canonical_tokens(tok, [val])
+    manifest = read_manifest(out)
+    assert manifest["splits"]["val"]["bytes"] == len(val.encode("utf-8"))
+    assert "last 0.1 of the characters" in manifest["source"]["split"]
+    verify_dataset(out)
 
 
 def test_a_complete_dataset_is_a_no_op_and_other_settings_are_refused(
@@ -511,6 +543,36 @@ def test_prepare_and_verify_commands(
     with pytest.raises(FileNotFoundError, match=r"No prepared dataset 'nope'.*Prepared in .*: cli"):
         run_verify(VerifyArgs("nope", data_dir=tmp_path))
     assert tyro.cli(PrepareArgs, args=[]).dataset == "shakespeare"
+
+
+def suggested_command(error: pytest.ExceptionInfo[BaseException]) -> list[str]:
+    """The `gpt2repro prepare ...` arguments an error message suggests."""
+    command = str(error.value).split("Create it with `")[1].split("`")[0]
+    assert command.startswith("gpt2repro prepare "), command
+    return command.split()[2:]
+
+
+@pytest.mark.parametrize("how", ["folder", "relative folder", "name"])
+def test_verify_without_a_dataset_suggests_a_prepare_command_that_works(
+    corpus: tuple[Path, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "root" / "mine").mkdir(parents=True)  # a folder with no manifest in it
+    args = {
+        "folder": VerifyArgs(str(tmp_path / "root" / "mine")),
+        "relative folder": VerifyArgs("root/mine"),
+        "name": VerifyArgs("mine", data_dir=Path("root")),
+    }[how]
+    with pytest.raises(FileNotFoundError) as e:
+        run_verify(args)
+    argv = suggested_command(e)
+    assert argv[:3] == ["files", "--name", "mine"] and argv[-1] == "PATHS..."
+    # Run exactly what it says, with the corpus for PATHS: verify then finds the dataset.
+    run_prepare(tyro.cli(PrepareArgs, args=[*argv[:-1], str(corpus[0]), "--workers", "1"]))
+    run_verify(args)
+    with pytest.raises(FileNotFoundError) as e:
+        run_verify(VerifyArgs("shakespeare", data_dir=Path("root")))
+    assert suggested_command(e) == ["shakespeare", "--data-dir", "root"]
 
 
 @pytest.mark.parametrize("name", sorted(hub.HUB_DATASETS))

@@ -3,6 +3,7 @@ non-finite steps, run-directory records, dry runs."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -12,12 +13,14 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import gpt2repro.train as train_module
+from gpt2repro.checkpoint import find_resume, load_model
 from gpt2repro.config import (
     BatchConfig,
     CheckpointConfig,
@@ -29,7 +32,10 @@ from gpt2repro.config import (
     StabilityConfig,
     TrainConfig,
 )
+from gpt2repro.distributed import DistInfo
+from gpt2repro.evaluation.hellaswag import hellaswag_eval, load_examples
 from gpt2repro.model import GPTConfig
+from gpt2repro.optim import lr_at
 
 
 def tiny_config(corpus: SimpleNamespace, out_dir: Path, steps: int = 12) -> TrainConfig:
@@ -113,9 +119,13 @@ def launch(args: list[str]) -> subprocess.Popen[str]:
     )
 
 
-def train_losses(run_dir: Path) -> dict[int, float]:
+def train_rows(run_dir: Path) -> list[dict[str, Any]]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
+    return [r for r in rows if r["kind"] == "train"]
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in train_rows(run_dir)}
 
 
 def final_weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
@@ -153,6 +163,9 @@ def test_sigkill_then_resume_is_bit_exact(corpus: SimpleNamespace, tmp_path: Pat
     assert proc.returncode == 0, err[-2000:]
     assert "resumed from" in out
     a, b = train_losses(tmp_path / "straight"), train_losses(tmp_path / "killed")
+    # One raw row per step: the steps logged after the last checkpoint and before the kill
+    # were trained again, and their first rows must be gone (a dict would hide duplicates).
+    assert len(train_rows(tmp_path / "killed")) == steps
     assert sorted(a) == sorted(b) == list(range(1, steps + 1))
     assert a == b  # bit-identical floats, every step
     wa, wb = final_weights(tmp_path / "straight", steps), final_weights(tmp_path / "killed", steps)
@@ -168,12 +181,15 @@ def test_sigterm_writes_a_checkpoint_and_resume_continues(
     metrics = tmp_path / "run" / "metrics.jsonl"
     wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3, proc)
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
+    out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143
     saved = sorted((tmp_path / "run" / "checkpoints").glob("step_*"))
     assert len(saved) == 1
     step = json.loads((saved[0] / "meta.json").read_text())["step"]
     assert step == max(train_losses(tmp_path / "run"))
+    assert (
+        f"stopped at step {step} of 100000 (signal); continue with --checkpoint.resume auto" in out
+    )
     args = cli_args(cfg)
     args[args.index("--run.max-steps") + 1] = str(step + 2)
     proc = launch([*args, "--checkpoint.resume", "auto"])
@@ -191,7 +207,7 @@ def test_run_directory_records_everything(corpus: SimpleNamespace, tmp_path: Pat
     assert json.loads((run / "config.json").read_text())["optim"]["lr"] == 3e-3
     env = json.loads((run / "environment.json").read_text())
     assert {"git_revision", "packages", "hardware", "python"} <= env.keys()
-    assert env["packages"]["torch"] == torch.__version__.split("+")[0] or env["packages"]["torch"]
+    assert env["packages"]["torch"] == str(torch.__version__)  # local tag (+cpu, +cu128) included
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if r["kind"] == "train"]
     assert [r["step"] for r in train_rows] == list(range(1, 13))
@@ -209,6 +225,39 @@ def test_run_directory_records_everything(corpus: SimpleNamespace, tmp_path: Pat
     assert kept == ["step_000009", "step_000012"]  # keep_last=2
     # Lower training loss than at the start: it learns.
     assert train_rows[-1]["loss"] < train_rows[0]["loss"]
+    # The logged lr of step k (1-based) is the schedule's at 0-based step k - 1.
+    assert [r["lr"] for r in train_rows] == [lr_at(k, cfg.optim, 12) for k in range(12)]
+
+
+def test_resume_from_an_earlier_checkpoint_rewrites_the_later_steps(
+    corpus: SimpleNamespace, tmp_path: Path
+) -> None:
+    cfg = tiny_config(corpus, tmp_path / "run", steps=8)
+    cfg.checkpoint.interval, cfg.eval.interval, cfg.log.tensorboard = 5, 0, False
+    train_module.train(cfg)
+    straight = train_rows(tmp_path / "run")
+    cfg.checkpoint.resume = str(tmp_path / "run" / "checkpoints" / "step_000005")
+    train_module.train(cfg)
+    again = train_rows(tmp_path / "run")
+    # Steps 6-8 ran twice: one row each, not two, and the same losses (exact resume).
+    assert [r["step"] for r in again] == list(range(1, 9))
+    assert [r["loss"] for r in again] == [r["loss"] for r in straight]
+
+
+def test_resuming_earlier_sets_the_later_checkpoints_aside(
+    corpus: SimpleNamespace, tmp_path: Path
+) -> None:
+    cfg = tiny_config(corpus, tmp_path / "run", steps=8)
+    cfg.checkpoint.interval, cfg.eval.interval, cfg.log.tensorboard = 5, 0, False
+    train_module.train(cfg)
+    root = tmp_path / "run" / "checkpoints"
+    stale = (root / "step_000008" / "model.safetensors").read_bytes()
+    cfg.checkpoint.resume = str(root / "step_000005")
+    cfg.run.max_steps = 6
+    train_module.train(cfg)
+    # The old step 8 is kept, but apart: `auto` continues the run that resumed, at step 6.
+    assert (root / "abandoned" / "step_000008" / "model.safetensors").read_bytes() == stale
+    assert find_resume("auto", tmp_path / "run") == root / "step_000006"
 
 
 def test_non_finite_steps_are_skipped_then_stop(
@@ -224,13 +273,32 @@ def test_non_finite_steps_are_skipped_then_stop(
             return loss * float("nan"), norm
         return loss, norm
 
+    real_apply = train_module.apply_step
+    skipped: list[int] = []
+
+    def checked_apply(s, state, loss, norm):  # type: ignore[no-untyped-def]
+        params = [p.detach().clone() for p in s.model.parameters()]
+        moments = copy.deepcopy(s.optimizer.state_dict()["state"])
+        applied = real_apply(s, state, loss, norm)
+        if not applied:  # a skipped step leaves weights and AdamW state bit-identical
+            skipped.append(state.step + 1)
+            after = s.optimizer.state_dict()["state"]
+            assert all(torch.equal(a, p) for a, p in zip(params, s.model.parameters(), strict=True))
+            assert moments.keys() == after.keys() and moments  # AdamW has stepped before
+            for pid, entry in moments.items():
+                for key in ("exp_avg", "exp_avg_sq", "step"):
+                    assert torch.equal(entry[key], after[pid][key]), (pid, key)
+        return applied
+
     monkeypatch.setattr(train_module, "train_step", poisoned)
+    monkeypatch.setattr(train_module, "apply_step", checked_apply)
     cfg = tiny_config(corpus, tmp_path / "run", steps=20)
     cfg.stability = StabilityConfig(max_bad_steps=3)
     cfg.eval.interval = 0
     result = train_module.train(cfg)
     assert result.stopped_by == "unstable"
     assert result.state.skipped_steps == 3 and result.state.step == 9
+    assert skipped == [7, 8, 9]
     good = tmp_path / "run" / "checkpoints" / "step_000006"
     assert json.loads((good / "meta.json").read_text())["step"] == 6
     assert not (tmp_path / "run" / "checkpoints" / "step_000009").exists()
@@ -256,6 +324,14 @@ def test_throughput_excludes_evaluation_time(
     rate = {r["step"]: r["tokens_per_s"] for r in rows if r["kind"] == "train"}
     # Steps 5-8 follow the evaluation at step 4; counted in, it would cut their rate ~20x.
     assert rate[8] > rate[4] / 4, rate
+
+
+def test_stop_request_records_the_signal() -> None:
+    """The CLI's exit status is 128 + this signal: 130 for Ctrl-C, 143 for SIGTERM."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with train_module.StopRequest() as stop:
+            os.kill(os.getpid(), sig)
+            assert stop.requested and stop.signum == sig
 
 
 def test_spike_detection() -> None:
@@ -352,4 +428,12 @@ def test_hellaswag_runs_at_each_evaluation(corpus: SimpleNamespace, tmp_path: Pa
     ]
     scored = [r for r in records if r["kind"] == "hellaswag"]
     assert [r["step"] for r in scored] == [4, 8]
-    assert all(r["n"] == 3 and 0.0 <= r["acc_norm"] <= 1.0 for r in scored)
+    # The final score is the evaluation module's on the final checkpoint, run on its own.
+    model, tok, _ = load_model(tmp_path / "run" / "checkpoints" / "step_000008")
+    examples = load_examples(path)
+    ref = hellaswag_eval(
+        model, examples, tok, torch.device("cpu"), "fp32", DistInfo(), progress=False
+    )
+    assert scored[-1]["n"] == ref["n"] == 3
+    for key in ("acc", "acc_norm", "acc_bytes"):
+        assert scored[-1][key] == ref[key], key

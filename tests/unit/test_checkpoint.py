@@ -13,6 +13,7 @@ from gpt2repro.checkpoint import (
     is_checkpoint,
     load_model,
     load_train_state,
+    prune,
     restore_train_checkpoint,
     restore_weights,
     rng_state,
@@ -61,6 +62,36 @@ def test_wrong_version_and_not_a_checkpoint(tiny_model: GPT, tmp_path: Path) -> 
         load_model(path)
     with pytest.raises(ValueError, match="not a gpt2repro checkpoint"):
         load_model(tmp_path)
+
+
+def test_damaged_meta_names_the_file(tiny_model: GPT, tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "ck", tiny_model, GPT2Tokenizer())
+    (path / "meta.json").write_text('{"format_version": 1, "mod')  # cut short by a full disk
+    with pytest.raises(ValueError) as err:
+        load_model(path)
+    msg = str(err.value)
+    assert str(path / "meta.json") in msg and "damaged" in msg and "another checkpoint" in msg
+
+
+def _fake_step_checkpoint(root: Path, step: int) -> Path:
+    path = root / f"step_{step:06d}"
+    path.mkdir(parents=True)
+    for name in ("meta.json", "model.safetensors", "train_state.pt"):
+        (path / name).write_text("{}")
+    return path
+
+
+@pytest.mark.parametrize("keep_last", [1, 2, 3])
+def test_prune_keeps_the_checkpoint_just_written(tmp_path: Path, keep_last: int) -> None:
+    # A run resumed from step 10 of a folder that also holds steps 20 and 30 of an older
+    # attempt, now writing step 15: sorting the folder by name would delete step 15.
+    for step in (5, 10, 20, 30):
+        _fake_step_checkpoint(tmp_path, step)
+    newest = _fake_step_checkpoint(tmp_path, 15)
+    prune(tmp_path, keep_last, newest)
+    kept = sorted(int(p.name[5:]) for p in tmp_path.glob("step_*"))
+    expected = {1: [15, 20, 30], 2: [10, 15, 20, 30], 3: [5, 10, 15, 20, 30]}[keep_last]
+    assert kept == expected
 
 
 def _step(model: GPT, optimizer: torch.optim.Optimizer) -> None:

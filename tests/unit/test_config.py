@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from gpt2repro.config import TrainConfig
@@ -52,6 +54,57 @@ def test_validation_collects_every_problem() -> None:
         cfg.validate()
     msg = str(err.value)
     assert "seq_len=4096" in msg and "min_lr" in msg and "fp8" in msg
+
+
+@pytest.mark.parametrize("field", ["micro_batch", "seq_len", "tokens_per_step"])
+def test_zero_batch_sizes_are_a_validation_error(field: str) -> None:
+    cfg = TrainConfig()
+    setattr(cfg.batch, field, 0)
+    with pytest.raises(ValueError, match=rf"batch\.{field}=0 must be positive"):
+        cfg.validate()
+
+
+def test_nonsense_values_are_rejected(tmp_path: Path) -> None:
+    cfg = TrainConfig()
+    cfg.run.max_minutes = -1
+    cfg.eval.interval, cfg.checkpoint.interval = -1, -5
+    cfg.eval.val_tokens = 0
+    cfg.data.tokenizer = "train:abc"
+    cfg.checkpoint.resume = str(tmp_path / "nonexistent")
+    cfg.eval.hellaswag, cfg.eval.hellaswag_path = True, tmp_path / "nope.jsonl"
+    with pytest.raises(ValueError) as err:
+        cfg.validate()
+    msg = str(err.value)
+    for needle in (
+        "run.max_minutes=-1 must be positive",
+        "eval.interval=-1, checkpoint.interval=-5 must be >= 0",
+        "eval.val_tokens=0 must be at least",
+        "data.tokenizer='train:abc'",
+        "checkpoint.resume=",
+        "nope.jsonl",
+    ):
+        assert needle in msg, needle
+
+
+def test_tokenizer_spec_is_checked(tmp_path: Path) -> None:
+    cfg = TrainConfig()
+    for good in ("gpt2", "train:4096"):
+        cfg.data.tokenizer = good
+        cfg.validate()
+    for bad in ("train:12", "gtp2", str(tmp_path / "missing.json")):
+        cfg.data.tokenizer = bad
+        with pytest.raises(ValueError, match=r"data\.tokenizer"):
+            cfg.validate()
+
+
+def test_warmup_longer_than_the_run_warns() -> None:
+    cfg = TrainConfig()
+    cfg.run.max_steps, cfg.optim.warmup_steps = 100, 100
+    assert cfg.warnings() == []  # the last step reaches the peak
+    cfg.optim.warmup_steps = 101
+    (note,) = cfg.warnings()
+    assert "never reaches its peak" in note
+    cfg.validate()  # a warning, not an error
 
 
 def test_unknown_preset() -> None:

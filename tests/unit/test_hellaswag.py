@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import statistics
 import urllib.error
 from pathlib import Path
 from types import SimpleNamespace
@@ -263,6 +265,14 @@ def test_ranks_share_the_examples(val_file: Path, monkeypatch: pytest.MonkeyPatc
     cpu = torch.device("cpu")
     single = hellaswag_eval(model, examples, tok, cpu, "fp32", DistInfo(), 2, False)
     assert single["acc"] == pytest.approx(3 / 5)
+    # The sample standard error of the mean of the 0/1 outcomes, as lm-eval's mean_stderr:
+    # stdev (n - 1 in the denominator) / sqrt(n), which for p = 3/5 is sqrt(p(1 - p)/(n - 1)).
+    outcomes = [1, 0, 1, 0, 1]
+    for name in ("acc", "acc_norm", "acc_bytes"):
+        assert single[name] == pytest.approx(3 / 5)
+        stderr = single[f"{name}_stderr"]
+        assert stderr == pytest.approx(statistics.stdev(outcomes) / math.sqrt(5))
+        assert stderr == pytest.approx(math.sqrt(0.6 * 0.4 / 4))
     # Stand-in for the all-reduce: this rank's value as the mean over 2 ranks, the other adding 0.
     monkeypatch.setattr(hellaswag, "all_reduce_mean", lambda value, info: value / info.world_size)
     parts = [

@@ -15,7 +15,7 @@ import torch
 
 from gpt2repro.data.loader import TokenLoader, eval_batches, read_manifest
 from gpt2repro.data.manifest import write_json_atomic
-from gpt2repro.data.shards import shard_name, write_shard
+from gpt2repro.data.shards import HEADER_SIZE, shard_name, write_shard
 
 VOCAB = 1 << 20  # positions up to a million, so tokens are uint32
 
@@ -205,6 +205,43 @@ def test_a_shard_from_another_tokenizer_is_refused(data: Path, tmp_path: Path) -
     other = make_dataset(tmp_path / "other", {"train": [100]}, tokenizer="bpe-0123")
     (data / "train_000000.bin").write_bytes((other / "train_000000.bin").read_bytes())
     with pytest.raises(ValueError, match=r"train_000000\.bin: written by tokenizer 'bpe-0123'"):
+        TokenLoader(data, "train", 1, T)
+
+
+def corrupt_token(shard: Path, position: int, value: int) -> None:
+    """Overwrite one uint32 token in place, header untouched (as a bit flip on disk would)."""
+    raw = bytearray(shard.read_bytes())
+    offset = HEADER_SIZE + 4 * position
+    raw[offset : offset + 4] = value.to_bytes(4, "little")
+    shard.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_a_token_outside_the_vocabulary_names_the_shard(data: Path, prefetch: int) -> None:
+    corrupt_token(data / "train_000001.bin", 20, VOCAB)  # the header still reads as valid
+    message = (
+        r"train_000001\.bin: token 1048576 is not below the vocabulary size 1048576.*"
+        rf"gpt2repro data verify {data}"
+    )
+    with (
+        TokenLoader(data, "train", 4, T, prefetch=prefetch) as loader,
+        pytest.raises(ValueError, match=message),
+    ):
+        epoch_windows(loader)  # the corrupt windows are drawn somewhere in the epoch
+
+
+def test_eval_batches_refuse_a_token_outside_the_vocabulary(data: Path) -> None:
+    corrupt_token(data / "val_000000.bin", 3 * T, VOCAB + 5)  # the last target of window 2
+    with pytest.raises(ValueError, match=r"val_000000\.bin: token 1048581 .*data verify"):
+        list(eval_batches(data, "val", 4, T, None))
+
+
+def test_a_shard_header_with_another_vocabulary_is_refused(data: Path) -> None:
+    tokens = np.arange(100, 147)
+    write_shard(
+        data / "train_000001.bin", tokens, vocab_size=VOCAB + 1, eot_id=0, tokenizer="synthetic"
+    )
+    with pytest.raises(ValueError, match=r"train_000001\.bin: .*1048577 tokens.*1048576"):
         TokenLoader(data, "train", 1, T)
 
 

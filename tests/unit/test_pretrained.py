@@ -106,10 +106,12 @@ def test_weights_not_matching_config(tmp_path: Path) -> None:
         load_hf(out)
 
 
-def test_corrupt_safetensors(tmp_path: Path) -> None:
+@pytest.mark.parametrize("keep", [0, 15, 100, 3000])
+def test_corrupt_safetensors(tmp_path: Path, keep: int) -> None:
     out = export_hf(small_gpt(), tmp_path / "hf")
-    (out / "model.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises(ValueError, match=r"model\.safetensors: unreadable"):
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:keep])  # cut in the header, or in the data
+    with pytest.raises(ValueError, match=r"model\.safetensors: corrupt or incomplete"):
         load_hf(out)
 
 
@@ -169,6 +171,17 @@ def test_export_refuses_non_empty_dir_unless_overwrite(tmp_path: Path) -> None:
     export_hf(small_gpt(), out, overwrite=True)
     assert not (out / "stale.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+    with pytest.raises(FileExistsError, match="pass --overwrite to"):
+        pretrained.check_export_dir(out, overwrite=False, flag="--overwrite")
+
+
+def test_export_into_a_file_says_so(tmp_path: Path) -> None:
+    a_file = tmp_path / "config.json"
+    a_file.write_text("{}")
+    for target in (a_file, a_file / "sub" / "dir"):
+        with pytest.raises(NotADirectoryError, match=f"{a_file} is a file"):
+            export_hf(small_gpt(), target, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
 
 
 def test_failed_export_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,10 +4,12 @@ tiktoken; the trained byte-level BPE against its own save/load and round-trip co
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import random
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -114,34 +116,62 @@ def _reference() -> ReferenceGPT2:
     return ReferenceGPT2(assets.fetch(assets.GPT2_RANKS))
 
 
-def _tiktoken_gpt2(monkeypatch: pytest.MonkeyPatch) -> tiktoken.Encoding:
-    # tiktoken downloads with no timeout; probe first so an offline run skips in milliseconds.
+R50K_URL = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
+
+
+def _tiktoken_gpt2(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tiktoken.Encoding:
+    """tiktoken's `gpt2` online; offline, tiktoken's `r50k_base` (the same ranks, regex and
+    <|endoftext|>, per tiktoken) read from a cache seeded with our asset. tiktoken checks a
+    cached file against the sha256 it pins for r50k_base and refetches on a mismatch, which
+    fails offline: the reference stays tiktoken's, not ours."""
+    # tiktoken downloads with no timeout; probe first so an offline run falls back at once.
     try:
         socket.create_connection(("openaipublic.blob.core.windows.net", 443), timeout=3).close()
-    except OSError:
-        # Offline, only tiktoken's own cache can help: make a cache miss fail at once.
-        read_file = tiktoken.load.read_file
-
-        def offline(blobpath: str) -> bytes:
-            if "://" in blobpath:
-                raise ConnectionError(f"offline, and {blobpath} is not in tiktoken's cache")
-            return read_file(blobpath)
-
-        monkeypatch.setattr(tiktoken.load, "read_file", offline)
-    try:
         return tiktoken.get_encoding("gpt2")
-    except Exception as e:
-        pytest.skip(f"tiktoken's own gpt2 encoding is unavailable ({type(e).__name__}: {e})")
+    except OSError:
+        pass
+    read_file = tiktoken.load.read_file
+
+    def offline(blobpath: str) -> bytes:
+        if "://" in blobpath:
+            raise ConnectionError(f"offline, and {blobpath} is not in tiktoken's cache")
+        return read_file(blobpath)
+
+    monkeypatch.setattr(tiktoken.load, "read_file", offline)
+    cache_key = hashlib.sha1(R50K_URL.encode()).hexdigest()  # tiktoken's cache naming
+    shutil.copyfile(assets.fetch(assets.GPT2_RANKS), tmp_path / cache_key)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    from tiktoken_ext import openai_public
+
+    # Build a fresh Encoding: tiktoken.get_encoding would reuse one cached in this process.
+    return tiktoken.Encoding(**openai_public.r50k_base())
 
 
-def test_gpt2_matches_tiktoken(gpt2: GPT2Tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
-    official = _tiktoken_gpt2(monkeypatch)
+def test_gpt2_matches_tiktoken(
+    gpt2: GPT2Tokenizer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    official = _tiktoken_gpt2(monkeypatch, tmp_path)
     rng = random.Random(0)
     extra = ["".join(chr(rng.randrange(0x20, 0x3000)) for _ in range(50)) for _ in range(200)]
     for text in [*CORPUS.values(), *extra]:
         assert gpt2.encode(text) == official.encode_ordinary(text)
         assert gpt2.encode(text, allow_special=True) == official.encode(text, allowed_special="all")
     assert official.n_vocab == gpt2.vocab_size and official.eot_token == gpt2.eot_id
+
+
+def test_tiktoken_reference_rejects_other_ranks(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The offline reference is only a reference if tiktoken's pinned hash guards it.
+    cache_key = hashlib.sha1(R50K_URL.encode()).hexdigest()
+    ranks = assets.fetch(assets.GPT2_RANKS).read_bytes()
+    (tmp_path / cache_key).write_bytes(ranks.replace(b" 0\n", b" 1\n", 1))
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(tiktoken.load, "read_file", lambda blobpath: b"")
+    from tiktoken_ext import openai_public
+
+    with pytest.raises(ValueError, match="Hash mismatch"):
+        openai_public.r50k_base()
 
 
 def test_gpt2_nothing_at_import_or_construction(tmp_path: Path) -> None:
@@ -270,15 +300,35 @@ def test_train_bpe_rejects_bad_inputs(tmp_path: Path) -> None:
         train_bpe([good], 257, out)
     with pytest.raises(ValueError, match="no training files"):
         train_bpe([], 400, out)
+    with pytest.raises(FileNotFoundError, match=r"missing\.txt.*at least"):  # all problems at once
+        train_bpe([tmp_path / "missing.txt"], 257, out)
     assert not out.exists()
+
+
+def test_train_bpe_reads_jsonl_records_not_their_syntax(tmp_path: Path) -> None:
+    texts = [f"record {i} says hello to the world\n" for i in range(40)]
+    records = tmp_path / "docs.jsonl"
+    records.write_text("".join(json.dumps({"body": t}) + "\n" for t in texts))
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for i, t in enumerate(texts):  # reference: the same documents as .txt files
+        (plain / f"{i:02d}.txt").write_text(t)
+    from_jsonl = train_bpe([records], 300, tmp_path / "a.json", text_field="body")
+    from_txt = train_bpe([plain], 300, tmp_path / "b.json")
+    assert from_jsonl.identifier == from_txt.identifier
 
 
 def test_load_tokenizer_rejects_bad_specs(tmp_path: Path) -> None:
     assert isinstance(load_tokenizer("gpt2"), GPT2Tokenizer)
     with pytest.raises(ValueError, match="'gpt2'"):
         load_tokenizer("gpt3")
-    with pytest.raises(FileNotFoundError, match="train_bpe"):
+    with pytest.raises(FileNotFoundError, match="`gpt2repro tokenizer train "):
         load_tokenizer(str(tmp_path / "nope.json"))
+    for content in ("", "{", '{"version": "1.0"}'):
+        broken = tmp_path / "broken.json"
+        broken.write_text(content)
+        with pytest.raises(ValueError, match=f"{broken}: .*tokenizer .json"):
+            load_tokenizer(str(broken))
     no_eot = tmp_path / "no_eot.json"
     no_eot.write_text(
         json.dumps(

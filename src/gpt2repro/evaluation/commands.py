@@ -39,7 +39,7 @@ class EvalArgs:
     split: str = "val"
     """Split of --data to evaluate."""
     val_tokens: int | None = 10_485_760
-    """Token budget for val (fixed, so runs compare; the training default); None: the whole split."""
+    """Token budget for val (fixed, so runs compare: modded-nanogpt's 10,485,760 and EvalConfig's default; the shakespeare_cpu preset evaluates 1,048,576); None: the whole split."""
     seq_len: int | None = None
     """Sequence length for val (default: the model's context, at most 1024)."""
     hellaswag_path: Path | None = None

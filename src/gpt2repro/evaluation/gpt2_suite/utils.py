@@ -28,11 +28,18 @@ def detokenize(text: str) -> str:
 
 
 def wikitext_detokenize(text: str) -> str:
-    """WikiText's tokenization undone: @-@ style number separators, spaced punctuation, headings."""
-    for marker, char in ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", ".")):
+    """WikiText's tokenization undone: @-@ style number separators, spaced punctuation, headings.
+
+    Agrees with lm-eval's `wikitext_detokenizer` on WikiText's conventions, except that an
+    `N` stays a letter (lm-eval turns " N " into " 1 ", a PTB convention WikiText lacks)
+    and single quotes are not paired (an apostrophe would pair with the next quote:
+    lm-eval makes "It 's a ' great ' day" "It's a' great ' day").
+    """
+    for marker, char in ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."), (" ° ", "°")):
         text = text.replace(marker, char)
     text = re.sub(r" ([.,;:!?)\]}])", r"\1", text)
     text = re.sub(r"([(\[{]) ", r"\1", text)
+    text = re.sub(r'"\s*([^"]*?)\s*"', r'"\1"', text)  # " quoted " -> "quoted"
     text = text.replace(" 's", "'s").replace("s ' ", "s' ")
     for n in (4, 3, 2):  # "= = Heading = =" -> "== Heading =="
         text = text.replace(" ".join("=" * n), "=" * n)

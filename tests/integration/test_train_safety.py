@@ -1,0 +1,211 @@
+"""`train` never loses an earlier run and fails before step 1 on anything it can check:
+old runs moved aside, datasets found by name, HellaSwag read at start-up, a failed
+evaluation saves first, resuming past the end is refused, stops say how to continue."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import gpt2repro.evaluation.hellaswag as hellaswag
+import gpt2repro.train as train_module
+from gpt2repro.config import DataConfig
+from gpt2repro.data.prepare import prepare_dataset
+from gpt2repro.distributed import DistInfo
+from gpt2repro.plan import dry_run_report
+from gpt2repro.tokenizer_setup import ensure_dataset
+
+from .test_train import tiny_config
+
+
+@pytest.fixture(autouse=True)
+def no_peak_measurement(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MFU's matmul measurement takes seconds per run; these tests do not read MFU."""
+    monkeypatch.setattr("gpt2repro.session.peak_flops_for", lambda device, dtype: (1e12, "test"))
+
+
+def rows(run_dir: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def snapshot(run_dir: Path) -> dict[str, bytes]:
+    """Every file of a run directory (except the TensorBoard folder), by relative path."""
+    return {
+        str(p.relative_to(run_dir)): p.read_bytes()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and "tensorboard" not in p.parts
+    }
+
+
+def test_rerun_moves_the_old_run_aside(
+    corpus: SimpleNamespace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run1"
+    first = tiny_config(corpus, run, steps=9)
+    first.log.tensorboard = False
+    train_module.train(first)
+    before = snapshot(run)
+    assert {"checkpoints/step_000009/meta.json", "checkpoints/best/meta.json"} <= before.keys()
+    capsys.readouterr()
+
+    again = tiny_config(corpus, run, steps=3)  # a shorter, worse run into the same out_dir
+    again.log.tensorboard = False
+    result = train_module.train(again)
+    out = capsys.readouterr().out
+    assert f"moved it to {tmp_path / 'run1.1'}" in out and "--checkpoint.resume auto" in out
+    assert snapshot(tmp_path / "run1.1") == before  # nothing of the earlier run lost
+    assert result.checkpoint == run / "checkpoints" / "step_000003"
+    assert result.checkpoint.is_dir()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "step_000003"]
+    assert [r["step"] for r in rows(run) if r["kind"] == "train"] == [1, 2, 3]
+
+    train_module.train(again)  # a third time: the next free name
+    assert (tmp_path / "run1.2" / "checkpoints" / "step_000003").is_dir()
+    assert snapshot(tmp_path / "run1.1") == before
+
+
+def test_resuming_past_the_end_is_refused_and_at_the_end_trains_nothing(
+    corpus: SimpleNamespace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    cfg = tiny_config(corpus, run, steps=6)
+    cfg.log.tensorboard = False
+    train_module.train(cfg)
+    before = snapshot(run)
+    cfg.checkpoint.resume = "auto"
+    cfg.run.max_steps = 4
+    with pytest.raises(ValueError, match=r"at step 6, past run\.max_steps=4: nothing to train"):
+        dry_run_report(cfg)
+    with pytest.raises(ValueError, match=r"at step 6, past run\.max_steps=4: nothing to train"):
+        train_module.train(cfg)
+    assert snapshot(run) == before
+    cfg.run.max_steps = 6
+    capsys.readouterr()
+    result = train_module.train(cfg)
+    assert "nothing to train" in capsys.readouterr().out
+    assert result.state.step == 6 and not result.final_val
+    assert rows(run) == [json.loads(line) for line in before["metrics.jsonl"].splitlines()]
+
+
+def test_dry_run_checks_what_the_run_checks(corpus: SimpleNamespace, tmp_path: Path) -> None:
+    cfg = tiny_config(corpus, tmp_path / "run")
+    cfg.data.tokenizer = "train:abc"
+    with pytest.raises(ValueError, match=r"data\.tokenizer='train:abc'"):
+        dry_run_report(cfg)
+    cfg = tiny_config(corpus, tmp_path / "run")
+    cfg.checkpoint.resume = str(tmp_path / "nonexistent")
+    with pytest.raises(ValueError, match="no checkpoint there"):
+        dry_run_report(cfg)
+    with pytest.raises(ValueError, match="no checkpoint there"):
+        train_module.train(cfg)
+
+
+def test_time_limit_stops_with_a_checkpoint_and_says_how_to_continue(
+    corpus: SimpleNamespace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tiny_config(corpus, tmp_path / "run", steps=1000)
+    cfg.run.max_minutes = 1e-9  # past after the first step
+    cfg.log.tensorboard = False
+    result = train_module.train(cfg)
+    assert result.stopped_by == "time_limit" and result.state.step == 1
+    assert result.signal is None
+    assert result.checkpoint == tmp_path / "run" / "checkpoints" / "step_000001"
+    assert json.loads((result.checkpoint / "meta.json").read_text())["step"] == 1
+    assert result.final_val  # a time limit still evaluates at the end
+    out = capsys.readouterr().out
+    assert "stopped at step 1 of 1000 (time limit); continue with --checkpoint.resume auto" in out
+
+
+def test_failed_evaluation_saves_first(
+    corpus: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_evaluate = train_module.evaluate
+
+    def broken_at_8(s, state):  # type: ignore[no-untyped-def]
+        if state.step == 8:
+            raise OSError("No space left on device")
+        return real_evaluate(s, state)
+
+    monkeypatch.setattr(train_module, "evaluate", broken_at_8)
+    cfg = tiny_config(corpus, tmp_path / "run", steps=12)
+    cfg.checkpoint.interval, cfg.log.tensorboard = 0, False
+    with pytest.raises(OSError, match="No space left"):
+        train_module.train(cfg)
+    saved = tmp_path / "run" / "checkpoints" / "step_000008"
+    assert json.loads((saved / "meta.json").read_text())["step"] == 8
+    monkeypatch.setattr(train_module, "evaluate", real_evaluate)
+    cfg.checkpoint.resume = "auto"
+    result = train_module.train(cfg)
+    assert result.stopped_by == "finished" and result.state.step == 12
+
+
+def test_hellaswag_is_checked_before_anything_is_written(
+    corpus: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hellaswag, "cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(hellaswag, "HELLASWAG_URL", "http://127.0.0.1:9/hellaswag_val.jsonl")
+    cfg = tiny_config(corpus, tmp_path / "run", steps=4)
+    cfg.eval.hellaswag = True
+    with pytest.raises(ConnectionError) as err:
+        train_module.train(cfg)
+    assert "(--eval.hellaswag-path PATH)" in str(err.value)  # train's flag, not eval's
+    assert "(--hellaswag-path" not in str(err.value)
+    cfg.eval.hellaswag_path = tmp_path / "nope.jsonl"
+    with pytest.raises(ValueError, match=r"eval\.hellaswag_path='.*nope\.jsonl': no such file"):
+        train_module.train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_dataset_prepared_from_files_is_used_by_name(
+    corpus: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_prepare(*args: object, **kwargs: object) -> Path:
+        raise AssertionError("train must use the prepared dataset, not prepare it again")
+
+    # The offline route for tinystories: local files prepared under the known name.
+    root = tmp_path / "data"
+    texts = [str(corpus.root / "texts" / "doc00*.txt")]
+    prepare_dataset("files", root, "gpt2", paths=texts, out_name="tinystories", val_fraction=0.2,
+                    workers=1, progress=False)  # fmt: skip
+    monkeypatch.setattr("gpt2repro.data.prepare.prepare_dataset", no_prepare)
+    data_dir, tok = ensure_dataset(DataConfig("tinystories", root, "gpt2"), DistInfo())
+    assert data_dir == root / "tinystories" and tok.identifier == "gpt2"
+    # A local name (`prepare files --name tiny`), with the tokenizer it was prepared with.
+    cfg = DataConfig("tiny", corpus.root / "data", corpus.tokenizer)
+    assert ensure_dataset(cfg, DistInfo())[0] == corpus.data_dir
+
+
+def test_dataset_with_another_tokenizer_says_which(corpus: SimpleNamespace) -> None:
+    cfg = DataConfig("tiny", corpus.root / "data", "gpt2")
+    with pytest.raises(ValueError) as err:
+        ensure_dataset(cfg, DistInfo())
+    msg = str(err.value)
+    assert "was prepared with tokenizer bpe-" in msg and "this run uses gpt2" in msg
+    assert f"--data.tokenizer {corpus.tokenizer}" in msg
+
+
+def test_unknown_local_name_says_how_to_prepare(tmp_path: Path) -> None:
+    cfg = DataConfig("mine", tmp_path, "gpt2")
+    with pytest.raises(FileNotFoundError, match="gpt2repro prepare files PATHS --name mine"):
+        ensure_dataset(cfg, DistInfo())
+
+
+def test_real_prepare_then_train_by_name(corpus: SimpleNamespace, tmp_path: Path) -> None:
+    """The reviewer's command pair, end to end: `prepare files --name tiny`, `train --data.dataset tiny`."""
+    prepare_dataset(
+        "files",
+        tmp_path / "d",
+        corpus.tokenizer,
+        paths=[str(corpus.root / "texts" / "*.txt")],
+        out_name="tiny",
+        val_fraction=0.1,
+        workers=1,
+        progress=False,
+    )
+    cfg = tiny_config(corpus, tmp_path / "run", steps=2)
+    cfg.data = DataConfig("tiny", tmp_path / "d", corpus.tokenizer)
+    cfg.eval.interval, cfg.log.tensorboard = 0, False
+    assert train_module.train(cfg).state.step == 2
