@@ -102,6 +102,17 @@ def check_export_dir(out_dir: Path, overwrite: bool, flag: str = "overwrite=True
             f"{out_dir}: {blocker} is a file, so no directory can be created there. "
             "Pass a directory path to create."
         )
+    held = [
+        name
+        for name in ("checkpoints", "metrics.jsonl", "train_state.pt")
+        if (out_dir / name).exists()
+    ]
+    if held:
+        # --overwrite is for an earlier export; a training run or checkpoint is never replaced.
+        raise FileExistsError(
+            f"{out_dir} holds a training run or checkpoint ({', '.join(held)}); an export never "
+            "replaces one. Choose a new directory."
+        )
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(
             f"{out_dir} exists and is not empty. Choose a new directory, or pass {flag} to "

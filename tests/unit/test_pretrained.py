@@ -184,6 +184,17 @@ def test_export_into_a_file_says_so(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
 
 
+def test_export_never_replaces_a_run_or_checkpoint(tmp_path: Path) -> None:
+    run, checkpoint = tmp_path / "run", tmp_path / "step_000010"
+    (run / "checkpoints").mkdir(parents=True)
+    checkpoint.mkdir()
+    (checkpoint / "train_state.pt").touch()
+    for target in (run, checkpoint):
+        with pytest.raises(FileExistsError, match="training run or checkpoint"):
+            export_hf(small_gpt(), target, overwrite=True)
+    assert (run / "checkpoints").is_dir() and (checkpoint / "train_state.pt").is_file()
+
+
 def test_failed_export_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def killed(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
