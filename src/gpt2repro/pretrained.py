@@ -102,20 +102,23 @@ def check_export_dir(out_dir: Path, overwrite: bool, flag: str = "overwrite=True
             f"{out_dir}: {blocker} is a file, so no directory can be created there. "
             "Pass a directory path to create."
         )
-    held = [
-        name
-        for name in ("checkpoints", "metrics.jsonl", "train_state.pt")
-        if (out_dir / name).exists()
-    ]
-    if held:
-        # --overwrite is for an earlier export; a training run or checkpoint is never replaced.
-        raise FileExistsError(
-            f"{out_dir} holds a training run or checkpoint ({', '.join(held)}); an export never "
-            "replaces one. Choose a new directory."
+    resolved, here = out_dir.resolve(), Path.cwd().resolve()
+    if resolved == here or resolved in here.parents:
+        raise ValueError(
+            f"{out_dir} is the current directory or one above it; an export replaces its whole "
+            "directory. Pass a new directory, e.g. exports/my-model."
         )
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not (out_dir / SIDECAR_FILE).is_file():
+        # --overwrite replaces an earlier export only: never a run, a dataset or a user's folder.
         raise FileExistsError(
-            f"{out_dir} exists and is not empty. Choose a new directory, or pass {flag} to "
+            f"{out_dir} exists and is not an earlier export (no {SIDECAR_FILE}); an export "
+            "never replaces it. Choose a new directory."
+        )
+    if not overwrite:
+        raise FileExistsError(
+            f"{out_dir} holds an earlier export. Choose a new directory, or pass {flag} to "
             "replace it."
         )
 

@@ -184,15 +184,27 @@ def test_export_into_a_file_says_so(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
 
 
-def test_export_never_replaces_a_run_or_checkpoint(tmp_path: Path) -> None:
-    run, checkpoint = tmp_path / "run", tmp_path / "step_000010"
+def test_export_replaces_only_an_earlier_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run, checkpoint, data = tmp_path / "run", tmp_path / "step_000010", tmp_path / "data"
     (run / "checkpoints").mkdir(parents=True)
     checkpoint.mkdir()
     (checkpoint / "train_state.pt").touch()
-    for target in (run, checkpoint):
-        with pytest.raises(FileExistsError, match="training run or checkpoint"):
+    (data / "shakespeare").mkdir(parents=True)
+    for target in (run, checkpoint, data):
+        with pytest.raises(FileExistsError, match="is not an earlier export"):
             export_hf(small_gpt(), target, overwrite=True)
     assert (run / "checkpoints").is_dir() and (checkpoint / "train_state.pt").is_file()
+    assert (data / "shakespeare").is_dir()
+    # The current directory and those above it are never a target, even when empty.
+    work = tmp_path / "work" / "here"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    for target in (Path("."), Path(".."), work.parent.parent):
+        with pytest.raises(ValueError, match="current directory or one above it"):
+            export_hf(small_gpt(), target, overwrite=True)
+    assert work.is_dir() and (run / "checkpoints").is_dir()
 
 
 def test_failed_export_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
