@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import random
 import shutil
 from dataclasses import asdict
@@ -28,12 +29,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gpt2repro.atomic import atomic_directory
 from gpt2repro.distributed import DistInfo, gather_objects
 from gpt2repro.model import GPT, GPTConfig
 from gpt2repro.parallelize import full_tensor, is_dtensor, shard_like
+from gpt2repro.pretrained import corrupt_weights
 from gpt2repro.tokenizer import Tokenizer, load_tokenizer
 
 FORMAT_VERSION = 1
@@ -41,6 +44,10 @@ META = "meta.json"
 WEIGHTS = "model.safetensors"
 TIED_KEY = "lm_head.weight"  # shares storage with transformer.wte.weight
 TRAIN_STATE = "train_state.pt"
+
+
+class DamagedCheckpoint(ValueError):
+    """A checkpoint file that cannot be read (truncated, corrupt): another checkpoint may do."""
 
 
 def unwrap(model: torch.nn.Module) -> GPT:
@@ -155,11 +162,18 @@ def load_model(
     with torch.device("meta"):
         model = GPT(config)
     model.to_empty(device=device)
-    state = load_file(str(path / WEIGHTS), device=str(device))
+    state = _read_weights(path, device)
     _check_keys(path, state, model)
     model.load_state_dict(state, strict=False)
     model.lm_head.weight = model.transformer.wte.weight  # to_empty() broke the tie
     return model, checkpoint_tokenizer(path, meta), meta
+
+
+def _read_weights(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path / WEIGHTS, device=str(device))
+    except SafetensorError as e:
+        raise DamagedCheckpoint(corrupt_weights(path / WEIGHTS, e, "Use another checkpoint")) from e
 
 
 def _check_keys(path: Path, state: dict[str, torch.Tensor], model: GPT) -> None:
@@ -190,7 +204,7 @@ def restore_weights(path: Path, model: torch.nn.Module) -> None:
             f"{path}: the checkpoint's model differs from this run's ({', '.join(changed)}). "
             f"Resume with the model settings it was trained with."
         )
-    state = load_file(str(path / WEIGHTS))
+    state = _read_weights(path)
     _check_keys(path, state, gpt)
     state[TIED_KEY] = state["transformer.wte.weight"]
     local = gpt.state_dict()
@@ -316,7 +330,14 @@ def load_train_state(path: Path) -> dict[str, Any]:
     file = path / TRAIN_STATE
     if not file.is_file():
         raise ValueError(f"{path}: has weights but no {TRAIN_STATE}; it cannot resume training.")
-    state: dict[str, Any] = torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        state: dict[str, Any] = torch.load(file, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        # A truncated zip fails in torch's reader (RuntimeError), a cut pickle with EOFError.
+        raise DamagedCheckpoint(
+            f"{file}: corrupt or incomplete ({str(e).splitlines()[0]}); it was probably cut "
+            f"short by a full disk or a killed copy. Use another checkpoint."
+        ) from e
     return state
 
 
@@ -363,6 +384,22 @@ def step_dirs(ckpt_root: Path) -> list[Path]:
         and (p / TRAIN_STATE).is_file()
     ]
     return sorted(found, key=step_of)
+
+
+def fallback_advice(source: Path) -> str:
+    """What to resume from instead of damaged step checkpoint `source`, as a sentence."""
+    if not source.name.removeprefix("step_").isdigit():  # best, or a copy elsewhere
+        return "Pass another checkpoint to --checkpoint.resume."
+    older = [p for p in step_dirs(source.parent) if step_of(p) < step_of(source)]
+    if not older:
+        return (
+            f"There is no older step checkpoint in {source.parent}: start a new run "
+            f"(drop --checkpoint.resume)."
+        )
+    return (
+        f"Resume from the next older checkpoint with --checkpoint.resume {older[-1]}, or delete "
+        f"{source} so --checkpoint.resume auto skips it."
+    )
 
 
 def prune(ckpt_root: Path, keep_last: int, newest: Path) -> None:

@@ -161,7 +161,10 @@ def save(s: Session, state: TrainState, loader: TokenLoader, name: str | None = 
 
 def resume(s: Session, loader: TokenLoader, source: Path) -> TrainState:
     """Restore weights, optimizer, scaler, loader position and RNGs from `source`."""
-    meta = ckpt.restore_train_checkpoint(source, s.model, s.optimizer, s.scaler, s.dist)
+    try:
+        meta = ckpt.restore_train_checkpoint(source, s.model, s.optimizer, s.scaler, s.dist)
+    except ckpt.DamagedCheckpoint as e:  # every rank reads the same files, so all raise
+        raise ckpt.DamagedCheckpoint(f"{e} {ckpt.fallback_advice(source)}") from None
     loader.load_state_dict(meta["loader"])
     print0(s.dist, f"resumed from {source} at step {meta['step']}")
     return TrainState(**meta["train_state"])

@@ -85,10 +85,13 @@ def redo_hint(data_dir: Path, manifest: dict[str, Any] | None = None) -> str:
     """How to re-create the dataset in `data_dir` from scratch, as a sentence."""
     settings = (manifest or {}).get("settings") or {}
     dataset = settings.get("dataset") or Path(data_dir).name
+    identifier = settings.get("tokenizer", "gpt2")
+    # dataset_dir appended the tokenizer's identifier to the name: --name is what came before.
+    name = Path(data_dir).name.removesuffix(f"-{identifier}" if identifier != "gpt2" else "")
     command = f"gpt2repro prepare {dataset}"
     if dataset == "files":
-        command += f" --name {Path(data_dir).name} PATHS..."
-    if settings.get("tokenizer", "gpt2") != "gpt2":
+        command += f" --name {name} PATHS..."
+    if identifier != "gpt2":
         command += " --tokenizer TOKENIZER.json"
     return f"re-create the dataset with `{command} --data-dir {Path(data_dir).parent} --overwrite`."
 
