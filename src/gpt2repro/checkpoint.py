@@ -332,10 +332,11 @@ def load_train_state(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: has weights but no {TRAIN_STATE}; it cannot resume training.")
     try:
         state: dict[str, Any] = torch.load(file, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
-        # A truncated zip fails in torch's reader (RuntimeError), a cut pickle with EOFError.
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
+        # A truncated zip fails in torch's reader (RuntimeError), an empty file with OSError.
+        why = (str(e).splitlines() or [type(e).__name__])[0]  # EOFError has no message
         raise DamagedCheckpoint(
-            f"{file}: corrupt or incomplete ({str(e).splitlines()[0]}); it was probably cut "
+            f"{file}: corrupt or incomplete ({why}); it was probably cut "
             f"short by a full disk or a killed copy. Use another checkpoint."
         ) from e
     return state
@@ -448,13 +449,27 @@ def find_resume(choice: str, run_dir: Path) -> Path | None:
     return Path(choice)
 
 
-def resume_point(choice: str, run_dir: Path, max_steps: int) -> tuple[Path, int] | None:
+def more_minutes(trained_s: float, max_minutes: float) -> str:
+    """How to give a run that used up `max_minutes` more time, as a sentence."""
+    done = trained_s / 60
+    return (
+        f"--run.max-minutes counts the training time of every resume ({done:.4g} min so far): "
+        f"pass --run.max-minutes above {done:.4g} (e.g. {done + max_minutes:.4g} for "
+        f"{max_minutes:.4g} more)"
+    )
+
+
+def resume_point(
+    choice: str, run_dir: Path, max_steps: int, max_minutes: float | None = None
+) -> tuple[Path, int] | None:
     """The checkpoint `choice` resumes from and its step, read now, so a damaged one or one
-    past the end of the run fails before anything else happens. None: a fresh start."""
+    past the end of the run (its steps or its minutes) fails before anything else happens.
+    None: a fresh start."""
     source = find_resume(choice, run_dir)
     if source is None:
         return None
-    step = read_meta(source).get("step")
+    meta = read_meta(source)
+    step = meta.get("step")
     if not isinstance(step, int):
         raise ValueError(f"{source / META}: no step; it is not a training checkpoint.")
     if step > max_steps:
@@ -462,5 +477,12 @@ def resume_point(choice: str, run_dir: Path, max_steps: int) -> tuple[Path, int]
             f"{source} is at step {step}, past run.max_steps={max_steps}: nothing to train. "
             f"Pass --run.max-steps above {step} to train on from it, or drop "
             f"--checkpoint.resume to start a new run."
+        )
+    trained_s = meta.get("train_state", {}).get("train_seconds", 0.0)
+    if max_minutes is not None and trained_s >= 60 * max_minutes:
+        raise ValueError(
+            f"{source} has already trained {trained_s / 60:.4g} min, the whole "
+            f"run.max_minutes={max_minutes:.4g}: nothing to train. "
+            f"{more_minutes(trained_s, max_minutes)} to train on from it."
         )
     return source, step

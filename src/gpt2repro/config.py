@@ -218,6 +218,14 @@ class TrainConfig:
             problems.append(f"run.max_minutes={r.max_minutes} must be positive (or None: no limit)")
         if not 0 <= o.min_lr <= o.lr:
             problems.append(f"need 0 <= optim.min_lr ({o.min_lr}) <= optim.lr ({o.lr})")
+        if not (0 <= o.beta1 < 1 and 0 <= o.beta2 < 1):
+            problems.append(f"optim.beta1={o.beta1} and optim.beta2={o.beta2} must be in [0, 1)")
+        negative = {"optim.weight_decay": o.weight_decay, "optim.grad_clip": o.grad_clip}
+        problems += [f"{k}={v} must be >= 0" for k, v in negative.items() if v < 0]
+        if not o.eps > 0:
+            problems.append(f"optim.eps={o.eps} must be positive")
+        if self.eval.sample_tokens < 1:  # the end of every run writes samples
+            problems.append(f"eval.sample_tokens={self.eval.sample_tokens} must be >= 1")
         if o.warmup_steps < 0 or (o.decay_steps is not None and o.decay_steps < o.warmup_steps):
             problems.append("optim.warmup_steps must be >= 0 and <= optim.decay_steps")
         if r.parallel not in ("ddp", "fsdp"):

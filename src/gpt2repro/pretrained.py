@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from gpt2repro.atomic import atomic_directory
 from gpt2repro.model import GPT, GPTConfig
+from gpt2repro.tokenizer import EOT, gpt2_vocab_and_merges, load_tokenizer
 
 HUB_REPOS = {
     name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -73,11 +74,13 @@ def export_hf(
             if name.endswith(".weight") and name not in _EMBEDDINGS:
                 # A Conv1D weight is (in, out) and a LayerNorm weight (C,): the bias has the last dim.
                 tensors[name.removesuffix("weight") + "bias"] = t.new_zeros(t.shape[-1])
-    hf_config = _hf_config(config, tensors[_WTE].dtype)
+    eot = GPT2_EOT_ID if config.vocab_size == GPT2_VOCAB_SIZE else None
     tokenizer_file = None
     if tokenizer_spec is not None and tokenizer_spec.endswith(".json"):
         # A trained BPE travels inside the directory (it is HF's tokenizer.json format).
         tokenizer_file, tokenizer_spec = Path(tokenizer_spec), "tokenizer.json"
+        eot = load_tokenizer(str(tokenizer_file)).eot_id
+    hf_config = _hf_config(config, tensors[_WTE].dtype, eot)
     sidecar = dict(version=SIDECAR_VERSION, tokenizer=tokenizer_spec, bias=config.bias)
 
     with atomic_directory(out_dir) as tmp:
@@ -87,7 +90,27 @@ def export_hf(
         (tmp / SIDECAR_FILE).write_text(json.dumps(sidecar, indent=2) + "\n")
         if tokenizer_file is not None:
             shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
+        elif tokenizer_spec == "gpt2":
+            _write_gpt2_tokenizer(tmp, config.block_size)
     return out_dir
+
+
+def _write_gpt2_tokenizer(out_dir: Path, max_length: int) -> None:
+    """GPT-2's BPE as transformers' GPT2Tokenizer reads it, so `AutoTokenizer.from_pretrained`
+    on the export works offline (without it, it would need the hub's `gpt2` files)."""
+    vocab, merges = gpt2_vocab_and_merges()
+    (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    lines = ["#version: 0.2", *(f"{a} {b}" for a, b in merges)]
+    (out_dir / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    settings = {
+        "tokenizer_class": "GPT2Tokenizer",
+        "model_max_length": max_length,
+        "bos_token": EOT,
+        "eos_token": EOT,
+        "unk_token": EOT,
+        "add_prefix_space": False,
+    }
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def check_export_dir(out_dir: Path, overwrite: bool, flag: str = "overwrite=True") -> None:
@@ -139,10 +162,9 @@ def corrupt_weights(file: Path, error: Exception, advice: str) -> ValueError:
     )
 
 
-def _hf_config(config: GPTConfig, dtype: torch.dtype) -> dict[str, Any]:
-    """transformers' GPT2Config as JSON, describing exactly our architecture."""
-    # Another tokenizer's <|endoftext|> id is unknown here; its spec goes to the sidecar.
-    eot = GPT2_EOT_ID if config.vocab_size == GPT2_VOCAB_SIZE else None
+def _hf_config(config: GPTConfig, dtype: torch.dtype, eot: int | None) -> dict[str, Any]:
+    """transformers' GPT2Config as JSON, describing exactly our architecture; `eot` is the
+    tokenizer's <|endoftext|> id (None when the tokenizer is unknown)."""
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",

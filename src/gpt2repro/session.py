@@ -25,7 +25,7 @@ import torch
 
 from gpt2repro import checkpoint as ckpt
 from gpt2repro.config import TrainConfig
-from gpt2repro.data.loader import eval_batches, read_manifest
+from gpt2repro.data.loader import Windows, eval_batches, read_manifest
 from gpt2repro.distributed import DistInfo, init_distributed, print0, shutdown, wait_for_main
 from gpt2repro.evaluation.hellaswag import load_examples
 from gpt2repro.metrics import (
@@ -157,6 +157,14 @@ def load_hellaswag(cfg: TrainConfig) -> list[dict[str, Any]] | None:
 def check_val_split(cfg: TrainConfig, data_dir: Path, dist: DistInfo) -> None:
     """Every evaluation reads the same windows: make sure there are enough, now."""
     b = cfg.batch
+    # validate() made eval.val_tokens cover a window per rank: only the split can be short.
+    windows = Windows(data_dir, "val", b.seq_len).total
+    if windows < dist.world_size:
+        raise ValueError(
+            f"{data_dir}: the val split is too small, {windows} window(s) of --batch.seq-len "
+            f"{b.seq_len} + 1 tokens for {dist.world_size} rank(s). Lower --batch.seq-len, or "
+            f"prepare more data or a larger --val-fraction (`gpt2repro prepare ... --val-fraction`)."
+        )
     eval_batches(
         data_dir,
         "val",
@@ -166,6 +174,16 @@ def check_val_split(cfg: TrainConfig, data_dir: Path, dist: DistInfo) -> None:
         rank=dist.rank,
         world_size=dist.world_size,
     )
+
+
+def check_sample_prompt(cfg: TrainConfig, tokenizer: Tokenizer) -> None:
+    """Samples are written at the end of the run: a prompt the model cannot take fails now."""
+    tokens = len(tokenizer.encode(cfg.eval.sample_prompt))
+    if tokens > cfg.model.block_size:
+        raise ValueError(
+            f"eval.sample_prompt is {tokens} tokens, longer than model.block_size="
+            f"{cfg.model.block_size}. Shorten --eval.sample-prompt."
+        )
 
 
 def prepare_run_dir(
@@ -193,7 +211,8 @@ def open_session(cfg: TrainConfig) -> Session:
     device = resolve_device(cfg.run.device)
     dist = init_distributed(device)
     cfg.validate(dist.world_size)
-    ckpt.resume_point(cfg.checkpoint.resume, cfg.run.out_dir, cfg.run.max_steps)
+    r = cfg.run
+    ckpt.resume_point(cfg.checkpoint.resume, r.out_dir, r.max_steps, r.max_minutes)
     for note in cfg.warnings():
         print0(dist, f"warning: {note}")
     if dist.enabled and device.type == "cuda":
@@ -217,6 +236,7 @@ def open_session(cfg: TrainConfig) -> Session:
             f"{data_dir}: prepared with a {manifest['vocab_size']}-token vocabulary, "
             f"but the tokenizer has {tokenizer.vocab_size}. Re-run `gpt2repro prepare`."
         )
+    check_sample_prompt(cfg, tokenizer)
     seed_everything(cfg.run.seed)  # the same on every rank: FSDP shards each rank's own copy
     gpt = GPT(cfg.model).to(device)
     compile_model = cfg.run.compile if cfg.run.compile is not None else device.type == "cuda"

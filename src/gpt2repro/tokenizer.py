@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -85,6 +86,56 @@ def _gpt2_encoding() -> tiktoken.Encoding:
         special_tokens={EOT: 50256},
         explicit_n_vocab=50257,
     )
+
+
+def _byte_symbols() -> dict[int, str]:
+    """GPT-2's printable stand-in for every byte: the alphabet of HF's vocab.json and merges.txt.
+
+    Bytes that print as themselves keep their character; the others, in order, take the
+    characters from U+0100 on (so the space byte 0x20 reads as 'Ġ').
+    """
+    printable = {*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)}
+    symbols, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            symbols[b] = chr(b)
+        else:
+            symbols[b] = chr(0x100 + extra)
+            extra += 1
+    return symbols
+
+
+def gpt2_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """GPT-2's BPE in Hugging Face's form (vocab.json, merges.txt), rebuilt from the ranks.
+
+    The ranks file lists tokens, not merges: each token's merge is the pair that BPE, using
+    only lower-ranked tokens, ends with when applied to the token's own bytes.
+    """
+    from tiktoken.load import load_tiktoken_bpe
+
+    ranks = load_tiktoken_bpe(str(assets.fetch(assets.GPT2_RANKS)))
+    symbols = _byte_symbols()
+
+    def text(token: bytes) -> str:
+        return "".join(symbols[b] for b in token)
+
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+        if len(token) == 1:
+            continue
+        parts = [token[i : i + 1] for i in range(len(token))]
+        while len(parts) > 2:
+            pairs = [
+                (ranks.get(a + b, rank), i) for i, (a, b) in enumerate(itertools.pairwise(parts))
+            ]
+            best_rank, i = min(pairs)
+            if best_rank >= rank:
+                raise ValueError(f"token {token!r} (rank {rank}) is not reachable by BPE merges")
+            parts[i : i + 2] = [parts[i] + parts[i + 1]]
+        merges.append((text(parts[0]), text(parts[1])))
+    vocab = {text(token): rank for token, rank in ranks.items()}
+    vocab[EOT] = GPT2Tokenizer.eot_id
+    return vocab, merges
 
 
 class GPT2Tokenizer:

@@ -365,12 +365,14 @@ def train(cfg: TrainConfig) -> RunResult:
             if state.bad_streak >= c.stability.max_bad_steps:
                 stopped_by = "unstable"
                 break
-            if due(state.step, c.eval.interval) and state.step < c.run.max_steps:
+            # At the last step, or when stopping for time, finish() evaluates and samples.
+            last_step = state.step == c.run.max_steps or timed_out
+            if due(state.step, c.eval.interval) and not last_step:
                 val = evaluate_or_save(s, state, loader)
                 if val["loss"] < state.best_val_loss:
                     state.best_val_loss = val["loss"]
                     save(s, state, loader, name="best")
-            if due(state.step, c.eval.sample_interval) and state.step < c.run.max_steps:
+            if due(state.step, c.eval.sample_interval) and not last_step:
                 write_samples(s, state)
             if due(state.step, c.checkpoint.interval):
                 last = save(s, state, loader)
@@ -406,11 +408,11 @@ def finish(
             plot_loss([s.run_dir], s.run_dir / "loss.png")
     if stopped_by in ("time_limit", "signal"):
         why = "time limit" if stopped_by == "time_limit" else "signal"
-        print0(
-            s.dist,
-            f"stopped at step {state.step} of {s.cfg.run.max_steps} ({why}); "
-            f"continue with --checkpoint.resume auto",
-        )
+        how = "continue with --checkpoint.resume auto"
+        if stopped_by == "time_limit":
+            assert s.cfg.run.max_minutes is not None, "a time limit stop needs run.max_minutes"
+            how += f"; {ckpt.more_minutes(state.train_seconds, s.cfg.run.max_minutes)}"
+        print0(s.dist, f"stopped at step {state.step} of {s.cfg.run.max_steps} ({why}); {how}")
     loader.close()
     s.close()
     return RunResult(s.run_dir, state, final_val, stopped_by, last)

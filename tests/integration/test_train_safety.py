@@ -13,6 +13,7 @@ import pytest
 import gpt2repro.evaluation.hellaswag as hellaswag
 import gpt2repro.train as train_module
 from gpt2repro.config import DataConfig
+from gpt2repro.data.loader import Windows
 from gpt2repro.data.prepare import prepare_dataset
 from gpt2repro.distributed import DistInfo
 from gpt2repro.plan import dry_run_report
@@ -109,6 +110,7 @@ def test_time_limit_stops_with_a_checkpoint_and_says_how_to_continue(
     cfg = tiny_config(corpus, tmp_path / "run", steps=1000)
     cfg.run.max_minutes = 1e-9  # past after the first step
     cfg.log.tensorboard = False
+    cfg.eval.interval = cfg.eval.sample_interval = 1
     result = train_module.train(cfg)
     assert result.stopped_by == "time_limit" and result.state.step == 1
     assert result.signal is None
@@ -117,6 +119,16 @@ def test_time_limit_stops_with_a_checkpoint_and_says_how_to_continue(
     assert result.final_val  # a time limit still evaluates at the end
     out = capsys.readouterr().out
     assert "stopped at step 1 of 1000 (time limit); continue with --checkpoint.resume auto" in out
+    minutes = f"{result.state.train_seconds / 60:.4g}"
+    assert f"({minutes} min so far): pass --run.max-minutes above {minutes}" in out
+    # Evaluated and sampled once, though step 1 is also due for both (eval.interval=1).
+    assert [r["step"] for r in rows(cfg.run.out_dir) if r["kind"] == "val"] == [1]
+    assert (cfg.run.out_dir / "samples.txt").read_text().count("=== step 1 ===") == 2
+    before = snapshot(cfg.run.out_dir)
+    cfg.checkpoint.resume = "auto"  # the same budget again: refused before a step
+    with pytest.raises(ValueError, match=f"pass --run.max-minutes above {minutes}"):
+        train_module.train(cfg)
+    assert snapshot(cfg.run.out_dir) == before
 
 
 def test_failed_evaluation_saves_first(
@@ -209,3 +221,49 @@ def test_real_prepare_then_train_by_name(corpus: SimpleNamespace, tmp_path: Path
     cfg.data = DataConfig("tiny", tmp_path / "d", corpus.tokenizer)
     cfg.eval.interval, cfg.log.tensorboard = 0, False
     assert train_module.train(cfg).state.step == 2
+
+
+@pytest.mark.parametrize("damaged", ["model.safetensors", "train_state.pt"])
+def test_damaged_newest_checkpoint_names_the_file_and_an_older_one(
+    corpus: SimpleNamespace, tmp_path: Path, damaged: str
+) -> None:
+    cfg = tiny_config(corpus, tmp_path / "run", steps=6)
+    cfg.eval.interval, cfg.log.tensorboard = 0, False
+    train_module.train(cfg)
+    root = tmp_path / "run" / "checkpoints"
+    file = root / "step_000006" / damaged
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])  # cut short by a full disk
+    cfg.checkpoint.resume = "auto"
+    with pytest.raises(ValueError) as err:
+        train_module.train(cfg)
+    msg = str(err.value)
+    assert msg.startswith(f"{file}: corrupt or incomplete") and "\n" not in msg
+    assert f"--checkpoint.resume {root / 'step_000003'}" in msg
+    cfg.checkpoint.resume = str(root / "step_000003")  # the advice works
+    assert train_module.train(cfg).state.step == 6
+
+
+def test_sample_settings_are_checked_before_anything_is_written(
+    corpus: SimpleNamespace, tmp_path: Path
+) -> None:
+    cfg = tiny_config(corpus, tmp_path / "run", steps=2)
+    cfg.eval.sample_tokens = 0
+    with pytest.raises(ValueError, match=r"eval\.sample_tokens=0 must be >= 1"):
+        train_module.train(cfg)
+    cfg = tiny_config(corpus, tmp_path / "run", steps=2)
+    cfg.eval.sample_prompt = "speak " * 40  # over 32 tokens, the model's context
+    with pytest.raises(ValueError, match=r"longer than model\.block_size=32"):
+        train_module.train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_too_small_val_split_names_the_flags(corpus: SimpleNamespace, tmp_path: Path) -> None:
+    seq_len = Windows(corpus.data_dir, "val", 1).total + 1  # one token more than the split has
+    cfg = tiny_config(corpus, tmp_path / "run", steps=2)
+    cfg.model.block_size = cfg.batch.seq_len = cfg.batch.tokens_per_step = seq_len
+    cfg.batch.micro_batch, cfg.eval.val_tokens = 1, seq_len
+    with pytest.raises(ValueError) as err:
+        train_module.train(cfg)
+    msg = str(err.value)
+    assert "val split is too small, 0 window(s)" in msg
+    assert "--batch.seq-len" in msg and "--val-fraction" in msg

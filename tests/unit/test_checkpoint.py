@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from gpt2repro.checkpoint import (
+    fallback_advice,
     is_checkpoint,
     load_model,
     load_train_state,
@@ -165,3 +166,24 @@ def test_cuda_rng_is_this_gpus_and_resumes_on_fewer_gpus(monkeypatch: pytest.Mon
     # A checkpoint of the older layout (every GPU's generator, a list) resumes too.
     set_rng_state({**saved, "cuda": [torch.full((4,), i) for i in range(8)]})
     assert torch.equal(one.set[1], torch.full((4,), 0))
+
+
+def test_fallback_advice_names_the_next_older_step(tmp_path: Path) -> None:
+    for step in (3, 6):
+        _fake_step_checkpoint(tmp_path, step)
+    newest = _fake_step_checkpoint(tmp_path, 9)
+    assert f"--checkpoint.resume {tmp_path / 'step_000006'}," in fallback_advice(newest)
+    assert "no older step checkpoint" in fallback_advice(tmp_path / "step_000003")
+    assert "Pass another checkpoint" in fallback_advice(tmp_path / "best")
+
+
+def test_truncated_train_state_names_the_file(tiny_model: GPT, tmp_path: Path) -> None:
+    opt = torch.optim.AdamW(tiny_model.parameters())
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    path = save_train_checkpoint(tmp_path / "ck", tiny_model, GPT2Tokenizer(), opt, scaler, {})
+    file = path / "train_state.pt"
+    load_train_state(path)  # intact: loads
+    for size in (file.stat().st_size // 2, 0):
+        file.write_bytes(file.read_bytes()[:size])
+        with pytest.raises(ValueError, match=rf"^{file}: corrupt or incomplete"):
+            load_train_state(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from gpt2repro.config import TrainConfig
 from gpt2repro.presets import TRAIN_PRESETS, train_preset
@@ -110,3 +111,28 @@ def test_warmup_longer_than_the_run_warns() -> None:
 def test_unknown_preset() -> None:
     with pytest.raises(ValueError, match="Unknown training preset 'gpt5'"):
         train_preset("gpt5")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("beta1", 1.5), ("beta2", -0.1), ("weight_decay", -0.1), ("lr", -1.0)]
+)
+def test_optimizer_values_torch_rejects_are_config_errors(field: str, value: float) -> None:
+    """Reported with every other problem before start-up, not by torch.optim.AdamW after it."""
+    cfg = TrainConfig()
+    setattr(cfg.optim, field, value)
+    o = cfg.optim
+    with pytest.raises(ValueError, match="Invalid"):  # the reference: torch refuses it too
+        torch.optim.AdamW([torch.zeros(1)], lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)  # fmt: skip
+    with pytest.raises(ValueError, match=rf"Invalid training config: .*optim\.{field}\W+{value}"):
+        cfg.validate()
+
+
+def test_eps_grad_clip_and_sample_tokens_are_checked() -> None:
+    cfg = TrainConfig()
+    cfg.optim.eps, cfg.optim.grad_clip, cfg.eval.sample_tokens = 0.0, -1.0, 0
+    with pytest.raises(ValueError) as err:
+        cfg.validate()
+    msg = str(err.value)
+    for needle in ("optim.eps=0.0 must be positive", "optim.grad_clip=-1.0 must be >= 0",
+                   "eval.sample_tokens=0 must be >= 1"):  # fmt: skip
+        assert needle in msg, needle

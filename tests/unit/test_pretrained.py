@@ -227,15 +227,65 @@ def test_load_casts_to_requested_dtype(tmp_path: Path) -> None:
 
 def test_tokenizer_spec_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    from gpt2repro.tokenizer import train_bpe
+
     (tmp_path / "tok").mkdir()
-    (tmp_path / "tok/bpe.json").write_text('{"model": "stand-in"}')
+    (tmp_path / "corpus.txt").write_text("the cat sat on the mat. " * 200, encoding="utf-8")
+    train_bpe([tmp_path / "corpus.txt"], 300, tmp_path / "tok/bpe.json", show_progress=False)
     # A trained tokenizer is copied into the export, so the directory is self-contained.
     out = export_hf(small_gpt(), tmp_path / "a", "tok/bpe.json")
     assert json.loads((out / "gpt2repro.json").read_text())["tokenizer"] == "tokenizer.json"
     assert hf_tokenizer_spec(out) == str(out / "tokenizer.json")
-    assert (out / "tokenizer.json").read_text() == '{"model": "stand-in"}'
+    assert (out / "tokenizer.json").read_bytes() == (tmp_path / "tok/bpe.json").read_bytes()
+    # A broken tokenizer file is refused before anything is written.
+    (tmp_path / "tok/broken.json").write_text('{"model": "stand-in"}')
+    with pytest.raises(ValueError, match="broken.json: unreadable"):
+        export_hf(small_gpt(), tmp_path / "e", "tok/broken.json")
+    assert not (tmp_path / "e").exists()
     assert hf_tokenizer_spec(export_hf(small_gpt(), tmp_path / "b")) is None
     gpt2_vocab = small_gpt(replace(SMALL, vocab_size=50257))
     assert hf_tokenizer_spec(export_hf(gpt2_vocab, tmp_path / "c")) == "gpt2"
     assert hf_tokenizer_spec(export_hf(gpt2_vocab, tmp_path / "d", "gpt2")) == "gpt2"
     assert hf_tokenizer_spec("gpt2-large") == "gpt2"  # no download needed
+
+
+def test_export_carries_gpt2s_tokenizer_for_transformers(tmp_path: Path) -> None:
+    """transformers' own GPT-2 tokenizers, slow and fast, read from the export, encode and
+    decode as tiktoken-backed GPT2Tokenizer does: the merges rebuilt from the ranks are GPT-2's."""
+    from transformers import AutoTokenizer
+    from transformers import GPT2Tokenizer as HFGPT2Tokenizer
+
+    from gpt2repro.tokenizer import GPT2Tokenizer
+
+    out = export_hf(small_gpt(replace(SMALL, vocab_size=50257)), tmp_path / "hf", "gpt2")
+    ours = GPT2Tokenizer()
+    fast, slow = AutoTokenizer.from_pretrained(out), HFGPT2Tokenizer.from_pretrained(out)
+    assert fast.is_fast and fast.eos_token_id == slow.eos_token_id == ours.eot_id
+    assert fast.model_max_length == SMALL.block_size
+    texts = [
+        "Hello world",
+        "The quick brown fox jumps over the lazy dog.  Twice!\n\n\tTabs, 'quotes' and 1234567.",
+        "日本語のテキスト, émigrés, naïve café; emoji 🦀👩‍👩‍👧",
+        "  leading spaces and trailing  ",
+        "def f(x):\n    return x ** 2  # comment",
+    ]
+    for text in texts:
+        ids = ours.encode(text)
+        assert fast(text)["input_ids"] == slow(text)["input_ids"] == ids, text
+        assert fast.decode(ids) == text
+    assert fast("a<|endoftext|>b")["input_ids"] == ours.encode(
+        "a<|endoftext|>b", allow_special=True
+    )
+
+
+def test_export_of_a_trained_bpe_names_its_end_of_text(tmp_path: Path) -> None:
+    from gpt2repro.tokenizer import train_bpe
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat. " * 200, encoding="utf-8")
+    tok_file = tmp_path / "tok.json"
+    eot = train_bpe([corpus], 300, tok_file, show_progress=False).eot_id
+    out = export_hf(small_gpt(replace(SMALL, vocab_size=300)), tmp_path / "hf", str(tok_file))
+    config = json.loads((out / "config.json").read_text())
+    assert config["eos_token_id"] == config["bos_token_id"] == eot
+    assert (out / "tokenizer.json").read_bytes() == tok_file.read_bytes()
