@@ -88,6 +88,8 @@ class TokenizerTrainArgs:
     """Where to write the tokenizer."""
     field: str = "text"
     """Text field of .jsonl records / text column of .parquet files."""
+    overwrite: bool = False
+    """Replace an existing --out file (datasets prepared with it then no longer match it)."""
 
 
 @dataclass
@@ -329,8 +331,19 @@ def run_export(args: ExportArgs) -> None:
 def run_tokenizer_train(args: TokenizerTrainArgs) -> None:
     from gpt2repro.tokenizer import train_bpe
 
+    if args.out.exists() and not args.overwrite:
+        raise FileExistsError(
+            f"{args.out} exists. Datasets and runs may use it: pass another --out, or "
+            "--overwrite to replace it."
+        )
     tok = train_bpe(list(args.files), args.vocab_size, args.out, text_field=args.field)
     print(f"Wrote {args.out} ({tok.vocab_size} tokens, identifier {tok.identifier}).")
+    if tok.vocab_size < args.vocab_size:
+        print(
+            f"note: the text supports only {tok.vocab_size} of the {args.vocab_size} tokens "
+            "asked for (no pair left that occurs twice); train on more text for a larger "
+            "vocabulary."
+        )
 
 
 def run_tokenizer_encode(args: TokenizerEncodeArgs) -> None:

@@ -234,6 +234,14 @@ def test_tokenizer_train_reads_folders_like_prepare(
     files = [str(folder / "a.txt"), str(folder / "sub" / "b.txt")]
     run_cli(["tokenizer", "train", *files, "--vocab-size", "270", "--out", str(from_files)], capsys)
     assert from_folder.read_text() == from_files.read_text()
+    # An existing tokenizer is never replaced silently; a small text says it fell short.
+    code, _, err = run_cli(["tokenizer", "train", str(folder), "--out", str(from_folder)], capsys)
+    assert_user_error(code, err, f"{from_folder} exists", "--overwrite")
+    code, out, err = run_cli(
+        ["tokenizer", "train", str(folder), "--out", str(from_folder), "--overwrite"], capsys
+    )
+    assert code == 0, err
+    assert "note: the text supports only" in out and "of the 50257 tokens" in out
     empty = tmp_path / "empty"
     empty.mkdir()
     code, _, err = run_cli(["tokenizer", "train", str(empty)], capsys)

@@ -239,7 +239,7 @@ def test_tokenizer_spec_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert (out / "tokenizer.json").read_bytes() == (tmp_path / "tok/bpe.json").read_bytes()
     # A broken tokenizer file is refused before anything is written.
     (tmp_path / "tok/broken.json").write_text('{"model": "stand-in"}')
-    with pytest.raises(ValueError, match="broken.json: unreadable"):
+    with pytest.raises(ValueError, match=r"broken\.json: unreadable"):
         export_hf(small_gpt(), tmp_path / "e", "tok/broken.json")
     assert not (tmp_path / "e").exists()
     assert hf_tokenizer_spec(export_hf(small_gpt(), tmp_path / "b")) is None
