@@ -63,7 +63,8 @@ def _run_dir_lines(cfg: TrainConfig) -> list[str]:
     """Where the run starts from and what happens to what out_dir holds (the checks `train` does)."""
     from gpt2repro.session import previous_run
 
-    point = ckpt.resume_point(cfg.checkpoint.resume, cfg.run.out_dir, cfg.run.max_steps)
+    r = cfg.run
+    point = ckpt.resume_point(cfg.checkpoint.resume, r.out_dir, r.max_steps, r.max_minutes)
     if point is None:
         start = "step 0 (a new run)"
     else:

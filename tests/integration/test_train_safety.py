@@ -128,6 +128,8 @@ def test_time_limit_stops_with_a_checkpoint_and_says_how_to_continue(
     cfg.checkpoint.resume = "auto"  # the same budget again: refused before a step
     with pytest.raises(ValueError, match=f"pass --run.max-minutes above {minutes}"):
         train_module.train(cfg)
+    with pytest.raises(ValueError, match=f"pass --run.max-minutes above {minutes}"):
+        dry_run_report(cfg)  # the dry run refuses it alike
     assert snapshot(cfg.run.out_dir) == before
 
 
