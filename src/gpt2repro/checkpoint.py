@@ -154,9 +154,10 @@ def checkpoint_tokenizer(path: Path, meta: dict[str, Any]) -> Tokenizer:
 
 
 def load_model(
-    path: Path, device: str | torch.device = "cpu"
+    path: Path, device: str | torch.device = "cpu", tokenizer: str | None = None
 ) -> tuple[GPT, Tokenizer, dict[str, Any]]:
-    """The model, tokenizer and meta data stored in checkpoint directory `path`."""
+    """The model, tokenizer and meta data stored in checkpoint directory `path`; `tokenizer`
+    (a spec) replaces the stored tokenizer, which is then not read (it may be damaged)."""
     meta = read_meta(path)
     config = GPTConfig(**meta["model_config"])
     with torch.device("meta"):
@@ -166,7 +167,8 @@ def load_model(
     _check_keys(path, state, model)
     model.load_state_dict(state, strict=False)
     model.lm_head.weight = model.transformer.wte.weight  # to_empty() broke the tie
-    return model, checkpoint_tokenizer(path, meta), meta
+    tok = load_tokenizer(tokenizer) if tokenizer is not None else checkpoint_tokenizer(path, meta)
+    return model, tok, meta
 
 
 def _read_weights(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

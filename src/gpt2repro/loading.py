@@ -46,9 +46,7 @@ def load_source(
         tok_spec = "gpt2"
         tok = load_tokenizer(tokenizer or tok_spec)
     elif path.is_dir() and checkpoint.is_checkpoint(path):
-        model, tok = _load_checkpoint(path, device)
-        if tokenizer is not None:
-            tok = load_tokenizer(tokenizer)
+        model, tok = _load_checkpoint(path, device, tokenizer)
     elif path.is_dir() and (path / RUN_CHECKPOINTS).is_dir():
         raise ValueError(_run_directory_help(path))
     elif (
@@ -80,9 +78,11 @@ def load_source(
     return Loaded(model=model, tokenizer=tok, source=source)
 
 
-def _load_checkpoint(path: Path, device: str | torch.device) -> tuple[GPT, Tokenizer]:
+def _load_checkpoint(
+    path: Path, device: str | torch.device, tokenizer: str | None = None
+) -> tuple[GPT, Tokenizer]:
     try:
-        model, tok, _ = checkpoint.load_model(path, device)
+        model, tok, _ = checkpoint.load_model(path, device, tokenizer)
     except SafetensorError as e:
         advice = "Use another checkpoint (an earlier step_NNNNNN) or save this one again"
         raise pretrained.corrupt_weights(path / checkpoint.WEIGHTS, e, advice) from e

@@ -193,6 +193,26 @@ def test_broken_tokenizer_file_is_named(
     assert "train_bpe" not in err
 
 
+def test_tokenizer_flag_replaces_a_damaged_stored_tokenizer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gpt2repro.tokenizer import train_bpe
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat. " * 200, encoding="utf-8")
+    tok = train_bpe([corpus], 300, tmp_path / "tok.json", show_progress=False)
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    ckpt = save_checkpoint(tmp_path / "ckpt", GPT(cfg), tok, meta={"step": 1})
+    stored = [p for p in ckpt.iterdir() if p.suffix == ".json" and p.name != "meta.json"]
+    assert len(stored) == 1
+    stored[0].write_text("")  # damaged copy inside the checkpoint
+    code, _, err = run_cli(["sample", str(ckpt), "--max-new-tokens", "2"], capsys)
+    assert_user_error(code, err, str(stored[0]))
+    override = ["sample", str(ckpt), "--max-new-tokens", "2", "--tokenizer", tok.spec]
+    code, out, err = run_cli(override, capsys)
+    assert code == 0 and "--- sample 1/1 ---" in out, err
+
+
 def test_export_overwrite_flag_and_file_targets(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
