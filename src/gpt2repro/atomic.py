@@ -66,3 +66,15 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Replace `path` with `data` in one rename; see `atomic_file`."""
     with atomic_file(path) as tmp:
         tmp.write_bytes(data)
+
+
+def move_aside(path: Path, target: Path) -> Path:
+    """Rename `path` to `target`, or to the first free `<target>.N` (N = 1, 2, ...) when
+    `target` exists; returns the new name. Used to keep what a new run would overwrite."""
+    free, n = target, 1
+    while free.exists():
+        free = target.with_name(f"{target.name}.{n}")
+        n += 1
+    free.parent.mkdir(parents=True, exist_ok=True)
+    path.rename(free)
+    return free

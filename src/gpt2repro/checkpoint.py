@@ -32,7 +32,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from gpt2repro.atomic import atomic_directory
+from gpt2repro.atomic import atomic_directory, move_aside
 from gpt2repro.distributed import DistInfo, gather_objects
 from gpt2repro.model import GPT, GPTConfig
 from gpt2repro.parallelize import full_tensor, is_dtensor, shard_like
@@ -426,18 +426,8 @@ def set_aside_after(ckpt_root: Path, step: int) -> list[Path]:
     ones would be what `--checkpoint.resume auto` picks next. Moved, not deleted: nothing of
     a run is lost.
     """
-    moved = []
-    for path in step_dirs(ckpt_root):
-        if step_of(path) > step:
-            target = ckpt_root / "abandoned" / path.name
-            n = 1
-            while target.exists():
-                target = ckpt_root / "abandoned" / f"{path.name}.{n}"
-                n += 1
-            target.parent.mkdir(parents=True, exist_ok=True)
-            path.rename(target)
-            moved.append(target)
-    return moved
+    later = [path for path in step_dirs(ckpt_root) if step_of(path) > step]
+    return [move_aside(path, ckpt_root / "abandoned" / path.name) for path in later]
 
 
 def find_resume(choice: str, run_dir: Path) -> Path | None:

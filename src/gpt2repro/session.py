@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from gpt2repro import checkpoint as ckpt
+from gpt2repro.atomic import move_aside
 from gpt2repro.config import TrainConfig
 from gpt2repro.data.loader import Windows, eval_batches, read_manifest
 from gpt2repro.distributed import DistInfo, init_distributed, print0, shutdown, wait_for_main
@@ -135,12 +136,8 @@ def previous_run(cfg: TrainConfig) -> bool:
 
 
 def set_aside(run_dir: Path) -> Path:
-    """Rename `run_dir` to the first free `<run_dir>.N`; returns the new name."""
-    n = 1
-    while (moved := run_dir.with_name(f"{run_dir.name}.{n}")).exists():
-        n += 1
-    run_dir.rename(moved)
-    return moved
+    """Rename `run_dir` to the first free `<run_dir>.N`, N = 1, 2, ...; returns the new name."""
+    return move_aside(run_dir, run_dir)  # run_dir itself exists, so the name gets a number
 
 
 def load_hellaswag(cfg: TrainConfig) -> list[dict[str, Any]] | None:

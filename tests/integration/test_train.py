@@ -229,12 +229,18 @@ def test_run_directory_records_everything(corpus: SimpleNamespace, tmp_path: Pat
     assert [r["lr"] for r in train_rows] == [lr_at(k, cfg.optim, 12) for k in range(12)]
 
 
+def eight_steps_saved_at_5_and_8(corpus: SimpleNamespace, run_dir: Path) -> TrainConfig:
+    """A finished 8-step run with checkpoints at steps 5 and 8; returns its config."""
+    cfg = tiny_config(corpus, run_dir, steps=8)
+    cfg.checkpoint.interval, cfg.eval.interval, cfg.log.tensorboard = 5, 0, False
+    train_module.train(cfg)
+    return cfg
+
+
 def test_resume_from_an_earlier_checkpoint_rewrites_the_later_steps(
     corpus: SimpleNamespace, tmp_path: Path
 ) -> None:
-    cfg = tiny_config(corpus, tmp_path / "run", steps=8)
-    cfg.checkpoint.interval, cfg.eval.interval, cfg.log.tensorboard = 5, 0, False
-    train_module.train(cfg)
+    cfg = eight_steps_saved_at_5_and_8(corpus, tmp_path / "run")
     straight = train_rows(tmp_path / "run")
     cfg.checkpoint.resume = str(tmp_path / "run" / "checkpoints" / "step_000005")
     train_module.train(cfg)
@@ -247,9 +253,7 @@ def test_resume_from_an_earlier_checkpoint_rewrites_the_later_steps(
 def test_resuming_earlier_sets_the_later_checkpoints_aside(
     corpus: SimpleNamespace, tmp_path: Path
 ) -> None:
-    cfg = tiny_config(corpus, tmp_path / "run", steps=8)
-    cfg.checkpoint.interval, cfg.eval.interval, cfg.log.tensorboard = 5, 0, False
-    train_module.train(cfg)
+    cfg = eight_steps_saved_at_5_and_8(corpus, tmp_path / "run")
     root = tmp_path / "run" / "checkpoints"
     stale = (root / "step_000008" / "model.safetensors").read_bytes()
     cfg.checkpoint.resume = str(root / "step_000005")

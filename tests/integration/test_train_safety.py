@@ -12,7 +12,7 @@ import pytest
 
 import gpt2repro.evaluation.hellaswag as hellaswag
 import gpt2repro.train as train_module
-from gpt2repro.config import DataConfig
+from gpt2repro.config import DataConfig, TrainConfig
 from gpt2repro.data.loader import Windows
 from gpt2repro.data.prepare import prepare_dataset
 from gpt2repro.distributed import DistInfo
@@ -41,14 +41,19 @@ def snapshot(run_dir: Path) -> dict[str, bytes]:
     }
 
 
+def finished_run(corpus: SimpleNamespace, run_dir: Path, steps: int) -> TrainConfig:
+    """A tiny run of `steps` steps, trained to the end; returns its config."""
+    cfg = tiny_config(corpus, run_dir, steps=steps)
+    cfg.log.tensorboard = False
+    train_module.train(cfg)
+    return cfg
+
+
 def test_rerun_moves_the_old_run_aside(
     corpus: SimpleNamespace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "run1"
-    first = tiny_config(corpus, run, steps=9)
-    first.log.tensorboard = False
-    train_module.train(first)
-    before = snapshot(run)
+    before = snapshot(finished_run(corpus, run, steps=9).run.out_dir)
     assert {"checkpoints/step_000009/meta.json", "checkpoints/best/meta.json"} <= before.keys()
     capsys.readouterr()
 
@@ -72,9 +77,7 @@ def test_resuming_past_the_end_is_refused_and_at_the_end_trains_nothing(
     corpus: SimpleNamespace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "run"
-    cfg = tiny_config(corpus, run, steps=6)
-    cfg.log.tensorboard = False
-    train_module.train(cfg)
+    cfg = finished_run(corpus, run, steps=6)
     before = snapshot(run)
     cfg.checkpoint.resume = "auto"
     cfg.run.max_steps = 4

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gpt2repro.atomic import atomic_file, write_bytes_atomic, write_text_atomic
+from gpt2repro.atomic import atomic_file, move_aside, write_bytes_atomic, write_text_atomic
 
 
 def test_writers_replace_the_file_and_leave_no_temporary(tmp_path: Path) -> None:
@@ -54,3 +54,16 @@ def test_unique_temporaries_name_the_writer(tmp_path: Path) -> None:
         assert tmp.name.startswith(f".eval_results.json.tmp-{os.getpid()}-")
         tmp.write_text("x")
     assert target.read_text() == "x"
+
+
+def test_move_aside_takes_the_first_free_name(tmp_path: Path) -> None:
+    for i in range(3):
+        (tmp_path / f"run{i}").mkdir()
+        (tmp_path / f"run{i}" / "mark").write_text(str(i))
+    target = tmp_path / "kept" / "run"
+    moved = [move_aside(tmp_path / f"run{i}", target) for i in range(3)]
+    assert moved == [target, target.with_name("run.1"), target.with_name("run.2")]
+    assert [(p / "mark").read_text() for p in moved] == ["0", "1", "2"]
+    # A path moved aside under its own name gets the first free number.
+    (tmp_path / "out").mkdir()
+    assert move_aside(tmp_path / "out", tmp_path / "out") == tmp_path / "out.1"
