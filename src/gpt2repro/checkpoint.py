@@ -36,7 +36,7 @@ from gpt2repro.atomic import atomic_directory, move_aside
 from gpt2repro.distributed import DistInfo, gather_objects
 from gpt2repro.model import GPT, GPTConfig
 from gpt2repro.parallelize import full_tensor, is_dtensor, shard_like
-from gpt2repro.pretrained import corrupt_weights
+from gpt2repro.pretrained import corrupt_message
 from gpt2repro.tokenizer import Tokenizer, load_tokenizer
 
 FORMAT_VERSION = 1
@@ -175,7 +175,7 @@ def _read_weights(path: Path, device: str | torch.device = "cpu") -> dict[str, t
     try:
         return load_file(path / WEIGHTS, device=str(device))
     except SafetensorError as e:
-        raise DamagedCheckpoint(corrupt_weights(path / WEIGHTS, e, "Use another checkpoint")) from e
+        raise DamagedCheckpoint(corrupt_message(path / WEIGHTS, e, "Use another checkpoint")) from e
 
 
 def _check_keys(path: Path, state: dict[str, torch.Tensor], model: GPT) -> None:
@@ -337,10 +337,7 @@ def load_train_state(path: Path) -> dict[str, Any]:
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
         # A truncated zip fails in torch's reader (RuntimeError), an empty file with OSError.
         why = (str(e).splitlines() or [type(e).__name__])[0]  # EOFError has no message
-        raise DamagedCheckpoint(
-            f"{file}: corrupt or incomplete ({why}); it was probably cut "
-            f"short by a full disk or a killed copy. Use another checkpoint."
-        ) from e
+        raise DamagedCheckpoint(corrupt_message(file, why, "Use another checkpoint")) from e
     return state
 
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 
 from gpt2repro import checkpoint, pretrained
 from gpt2repro.model import GPT
@@ -46,7 +45,8 @@ def load_source(
         tok_spec = "gpt2"
         tok = load_tokenizer(tokenizer or tok_spec)
     elif path.is_dir() and checkpoint.is_checkpoint(path):
-        model, tok = _load_checkpoint(path, device, tokenizer)
+        # A damaged file raises checkpoint.DamagedCheckpoint, naming it and what to do.
+        model, tok, _ = checkpoint.load_model(path, device, tokenizer)
     elif path.is_dir() and (path / RUN_CHECKPOINTS).is_dir():
         raise ValueError(_run_directory_help(path))
     elif (
@@ -76,17 +76,6 @@ def load_source(
             f"trained with (pass --tokenizer with the matching tokenizer file)."
         )
     return Loaded(model=model, tokenizer=tok, source=source)
-
-
-def _load_checkpoint(
-    path: Path, device: str | torch.device, tokenizer: str | None = None
-) -> tuple[GPT, Tokenizer]:
-    try:
-        model, tok, _ = checkpoint.load_model(path, device, tokenizer)
-    except SafetensorError as e:
-        advice = "Use another checkpoint (an earlier step_NNNNNN) or save this one again"
-        raise pretrained.corrupt_weights(path / checkpoint.WEIGHTS, e, advice) from e
-    return model, tok
 
 
 def _run_directory_help(run_dir: Path) -> str:

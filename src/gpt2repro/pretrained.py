@@ -151,12 +151,12 @@ def read_weights(file: Path, device: str | torch.device = "cpu") -> dict[str, to
     try:
         return load_file(file, device=str(device))
     except SafetensorError as e:
-        raise corrupt_weights(file, e, "Re-export or re-download it") from e
+        raise ValueError(corrupt_message(file, e, "Re-export or re-download it")) from e
 
 
-def corrupt_weights(file: Path, error: Exception, advice: str) -> ValueError:
-    """The error for a safetensors `file` that safetensors could not read."""
-    return ValueError(
+def corrupt_message(file: Path, error: object, advice: str) -> str:
+    """What to say of a weights or state `file` that could not be read (truncated, corrupt)."""
+    return (
         f"{file}: corrupt or incomplete ({error}); it was probably cut short by a full disk or "
         f"an interrupted copy. {advice}."
     )
