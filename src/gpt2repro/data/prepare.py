@@ -322,22 +322,21 @@ def _tokenize(
 
 def _more_documents_hint(source: Source, counts: dict[str, int]) -> str:
     """What to pass so that both splits get documents."""
-    unsplit_txt = source.name == "files" and source.description.get("txt_separator") is None
-    unsplit_txt = unsplit_txt and any(p.endswith(".txt") for p in source.description["paths"])
-    if sum(counts.values()) < 2 and unsplit_txt:
+    if sum(counts.values()) >= 2:
+        return "Lower --val-fraction, or give it more documents."
+    separator = source.description.get("txt_separator")
+    txt = source.name == "files" and any(p.endswith(".txt") for p in source.description["paths"])
+    if txt and separator is None:
         return (
             "Each .txt file is one document: cut them into documents with --txt-separator, "
             "e.g. `--txt-separator $'\\n\\n'` (bash) for blank lines, or give more files."
         )
-    separator = source.description.get("txt_separator")
-    if sum(counts.values()) < 2 and separator is not None:
+    if separator is not None:
         return (
             f"--txt-separator {separator!r} left a single document: pass a separator that "
             "occurs in the text, or give more files."
         )
-    if sum(counts.values()) < 2:
-        return "Give it at least two documents."
-    return "Lower --val-fraction, or give it more documents."
+    return "Give it at least two documents."
 
 
 def _route(writer: DatasetWriter, doc: _Pending, val_fraction: float | None, last: bool) -> None:
