@@ -12,7 +12,6 @@ dataset names are prepared when missing.
 
 from __future__ import annotations
 
-import glob
 from pathlib import Path
 
 from gpt2repro.config import DataConfig
@@ -80,9 +79,7 @@ def find_prepared(cfg: DataConfig, tokenizer: Tokenizer) -> Path | None:
 
 def prepared_otherwise(cfg: DataConfig) -> Path | None:
     """The dataset prepared under this name with another tokenizer, if any (to say so)."""
-    root = Path(cfg.data_root)
-    others = [root / cfg.dataset, *sorted(root.glob(f"{glob.escape(cfg.dataset)}-bpe-*"))]
-    return next((p for p in others if (p / mf.MANIFEST).is_file()), None)
+    return next(iter(mf.prepared_under_name(cfg.data_root, cfg.dataset)), None)
 
 
 def check_tokenizer(data_dir: Path, tokenizer: Tokenizer, cfg: DataConfig) -> None:

@@ -545,6 +545,22 @@ def test_prepare_and_verify_commands(
     assert tyro.cli(PrepareArgs, args=[]).dataset == "shakespeare"
 
 
+def test_verify_by_name_finds_a_dataset_prepared_with_a_trained_tokenizer(
+    corpus: tuple[Path, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The default run's data is shakespeare-bpe-<id>: `data verify shakespeare` must find it.
+    run_prepare(PrepareArgs("files", (str(corpus[0]),), name="cli", data_dir=tmp_path, workers=1))
+    shutil.copytree(tmp_path / "cli", tmp_path / "cli-bpe-0123")
+    capsys.readouterr()
+    with pytest.raises(FileNotFoundError, match=r"2 datasets are called 'cli'.*cli-bpe-0123"):
+        run_verify(VerifyArgs("cli", data_dir=tmp_path))
+    run_verify(VerifyArgs("cli", data_dir=tmp_path, tokenizer="gpt2"))  # the tokenizer picks
+    assert capsys.readouterr().out.startswith(f"OK {tmp_path / 'cli'}: ")
+    shutil.rmtree(tmp_path / "cli")
+    run_verify(VerifyArgs("cli", data_dir=tmp_path))
+    assert capsys.readouterr().out.startswith(f"OK {tmp_path / 'cli-bpe-0123'}: ")
+
+
 def suggested_command(error: pytest.ExceptionInfo[BaseException]) -> list[str]:
     """The `gpt2repro prepare ...` arguments an error message suggests."""
     command = str(error.value).split("Create it with `")[1].split("`")[0]

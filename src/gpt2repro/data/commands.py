@@ -62,8 +62,8 @@ class VerifyArgs:
     """A prepared dataset's folder, or its name under --data-dir."""
     data_dir: Path = Path("data")
     """Root folder of prepared datasets."""
-    tokenizer: str = "gpt2"
-    """Tokenizer the dataset was prepared with (only used to find it by name)."""
+    tokenizer: str | None = None
+    """Tokenizer the dataset was prepared with, to pick among datasets of one name (default: the only one there is)."""
 
 
 @dataclass
@@ -137,10 +137,26 @@ def resolve_dataset(dataset: str, data_dir: Path, tokenizer: str = "gpt2") -> Pa
     )
 
 
+def _dataset_to_verify(args: VerifyArgs) -> Path:
+    """Without --tokenizer, a name means the one dataset of that name, whatever its tokenizer."""
+    from gpt2repro.data.manifest import MANIFEST, prepared_under_name
+
+    as_path = Path(args.dataset)
+    if args.tokenizer is not None or (as_path / MANIFEST).is_file() or len(as_path.parts) > 1:
+        return resolve_dataset(args.dataset, args.data_dir, args.tokenizer or "gpt2")
+    named = prepared_under_name(args.data_dir, args.dataset)
+    if len(named) > 1:
+        raise FileNotFoundError(
+            f"{len(named)} datasets are called {args.dataset!r} (one per tokenizer): "
+            f"{', '.join(str(p) for p in named)}. Name the folder to verify instead."
+        )
+    return named[0] if named else resolve_dataset(args.dataset, args.data_dir)
+
+
 def run_verify(args: VerifyArgs) -> None:
     from gpt2repro.data.verify import verify_dataset
 
-    summary = verify_dataset(resolve_dataset(args.dataset, args.data_dir, args.tokenizer))
+    summary = verify_dataset(_dataset_to_verify(args))
     parts = [
         f"{split} {s['shards']} shards, {s['tokens']:,} tokens, {s['documents']:,} documents"
         for split, s in summary["splits"].items()

@@ -24,6 +24,7 @@ bits-per-byte = loss_nats * tokens / (ln 2 * bytes).
 
 from __future__ import annotations
 
+import glob
 import json
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,13 @@ def dataset_dir(data_root: Path, name: str, tokenizer_identifier: str) -> Path:
     if tokenizer_identifier == "gpt2":
         return Path(data_root) / name
     return Path(data_root) / f"{name}-{tokenizer_identifier}"
+
+
+def prepared_under_name(data_root: Path, name: str) -> list[Path]:
+    """Finished datasets called `name` under `data_root`, with any tokenizer (gpt2's first)."""
+    root = Path(data_root)
+    found = [root / name, *sorted(root.glob(f"{glob.escape(name)}-bpe-*"))]
+    return [p for p in found if (p / MANIFEST).is_file()]
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
