@@ -504,6 +504,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         FileExistsError,
         NotADirectoryError,
         ConnectionError,
+        ChildProcessError,  # a tokenizer worker died: the message says how to resume
     ) as e:
         fail(str(e))
     except KeyboardInterrupt:

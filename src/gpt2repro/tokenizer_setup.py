@@ -26,6 +26,7 @@ def tokenizer_path(cfg: DataConfig, vocab_size: int) -> Path:
 
 def train_dataset_tokenizer(cfg: DataConfig, vocab_size: int, dist: DistInfo) -> Path:
     """Train (once) a BPE on the training split of `cfg.dataset`; returns the tokenizer file."""
+    from gpt2repro.data.hub import SourceUnreachable
     from gpt2repro.data.prepare import DATASETS, assign_split, open_source
 
     path = tokenizer_path(cfg, vocab_size)
@@ -38,7 +39,10 @@ def train_dataset_tokenizer(cfg: DataConfig, vocab_size: int, dist: DistInfo) ->
             f"files train one with `gpt2repro tokenizer train FILES --vocab-size {vocab_size}`, "
             f"prepare the files with `--tokenizer TOKENIZER.json` and train with --data.tokenizer TOKENIZER.json."
         )
-    source = open_source(cfg.dataset)
+    try:
+        source = open_source(cfg.dataset)
+    except SourceUnreachable as e:
+        raise SourceUnreachable(e.problem, _local_tokenizer_route(cfg, vocab_size)) from None
     fraction = source.val_fraction or 0.0
     texts = (
         d.text for d in source.documents() if (d.split or assign_split(d.key, fraction)) == "train"
@@ -49,6 +53,24 @@ def train_dataset_tokenizer(cfg: DataConfig, vocab_size: int, dist: DistInfo) ->
     )
     train_bpe_from_texts(texts, vocab_size, path, show_progress=dist.is_main)
     return path
+
+
+def _local_tokenizer_route(cfg: DataConfig, vocab_size: int) -> str:
+    """Offline, train:N's tokenizer and tokens come from local copies of the dataset's files."""
+    path = tokenizer_path(cfg, vocab_size)
+    root = "" if cfg.data_root == Path("data") else f" --data-dir {cfg.data_root}"
+    if cfg.dataset == "tinyshakespeare":
+        files, prepare = "PATH", f"gpt2repro prepare tinyshakespeare PATH --tokenizer {path}{root}"
+    else:
+        files, prepare = (
+            "FILES",
+            f"gpt2repro prepare files FILES --name {cfg.dataset} --tokenizer {path}{root}",
+        )
+    return (
+        f"data.tokenizer=train:{vocab_size} trains a BPE on {cfg.dataset}'s training documents. "
+        f"From local copies of its files instead, run `gpt2repro tokenizer train {files} "
+        f"--vocab-size {vocab_size} --out {path}` and `{prepare}`; this run then finds both."
+    )
 
 
 def resolve_tokenizer_spec(cfg: DataConfig, dist: DistInfo) -> str:

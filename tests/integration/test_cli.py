@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -80,6 +81,23 @@ def test_bad_inputs_give_one_clear_message(
     for args, needles in cases:
         code, _, err = run_cli(args, capsys)
         assert_user_error(code, err, *needles)
+
+
+def test_a_dead_tokenizer_worker_is_one_line_with_the_way_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gpt2repro.data import prepare, workers
+
+    def dying(*args: object, **kwargs: object) -> Iterator[object]:
+        # What encode_stream raises when the pool breaks (tests/unit/test_data_workers.py)
+        raise ChildProcessError(workers.WORKER_DIED)
+        yield
+
+    monkeypatch.setattr(prepare, "encode_stream", dying)
+    (tmp_path / "a.txt").write_text("some text " * 50)
+    args = ["prepare", "files", str(tmp_path / "a.txt"), "--name", "x"]
+    code, _, err = run_cli([*args, "--data-dir", str(tmp_path / "data"), "--no-progress"], capsys)
+    assert_user_error(code, err, "worker process died", "Re-run the same command")
 
 
 @pytest.mark.parametrize("args", [["bench"], ["bench", "--help"], ["tokenizer", "-h"]])

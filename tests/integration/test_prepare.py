@@ -274,6 +274,43 @@ def test_a_complete_dataset_is_a_no_op_and_other_settings_are_refused(
     assert len(read_manifest(out)["splits"]["train"]["shards"]) == 1
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_holding_other_files_is_never_cleared(
+    corpus: tuple[Path, list[str]], tmp_path: Path, overwrite: bool
+) -> None:
+    # A fresh start (or --overwrite) empties the folder of shards: only ever its own.
+    out = tmp_path / "corpus"
+    out.mkdir()
+    (out / "pytorch_model.bin").write_bytes(b"weights")
+    (out / "manifest.json.tmp").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"manifest.json.tmp, pytorch_model.bin\).*--name"):
+        prepare_corpus(corpus[0], tmp_path, overwrite=overwrite)
+    assert (out / "pytorch_model.bin").read_bytes() == b"weights"
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json.tmp", "pytorch_model.bin"]
+    for other in out.iterdir():
+        other.unlink()
+    prepare_corpus(corpus[0], tmp_path, overwrite=overwrite)  # its own files alone: fine
+    prepare_corpus(corpus[0], tmp_path, shard_tokens=500, overwrite=True)
+    assert sorted(p.name for p in out.iterdir() if "_0" not in p.name) == [
+        ".prepare.lock",
+        "manifest.json",
+    ]
+
+
+def test_a_changed_input_file_is_not_answered_with_the_old_shards(
+    corpus: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    source = tmp_path / "docs.txt"
+    shutil.copy(corpus[0] / "doc_005.txt", source)
+    prepare_corpus(source, tmp_path)
+    source.write_text("a shorter text")
+    with pytest.raises(ValueError, match=r"docs.txt, which has 14 bytes, not .*--overwrite"):
+        prepare_corpus(source, tmp_path)
+    out = prepare_corpus(source, tmp_path, overwrite=True)
+    assert read_manifest(out)["source"]["bytes"] == [14]
+    assert prepare_corpus(source, tmp_path) == out  # unchanged again: a no-op
+
+
 KILL_SCRIPT = """
 import sys
 from pathlib import Path
@@ -601,6 +638,29 @@ def test_hub_datasets_fail_fast_offline(
         prepare_dataset(name, tmp_path)
     assert time.perf_counter() - t0 < 15  # not minutes of retries (loose for a busy machine)
     assert not (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize("name", ["tinystories", "tinyshakespeare"])
+def test_offline_advice_prepares_with_the_tokenizer_asked_for(
+    name: str, corpus: tuple[Path, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub, "TINY_SHAKESPEARE_URL", "http://127.0.0.1:9/input.txt")
+    monkeypatch.setenv("GPT2REPRO_CACHE", str(tmp_path / "cache"))
+    spec = str(tmp_path / "tok.json")
+    train_bpe(sorted(corpus[0].glob("*.txt")), 300, Path(spec), show_progress=False)
+    with pytest.raises(ConnectionError) as e:
+        prepare_dataset(name, tmp_path, spec)
+    advice = {
+        "tinystories": f"prepare files --name tinystories --tokenizer {spec} PATHS...` "
+        "(add --field COLUMN if the text column is not 'text'; for its .txt files add "
+        "--txt-separator '<|endoftext|>')",
+        "tinyshakespeare": f"`gpt2repro prepare tinyshakespeare PATH --tokenizer {spec}`",
+    }[name]
+    assert advice in str(e.value), str(e.value)
+    with pytest.raises(ConnectionError) as e:
+        prepare_dataset(name, tmp_path)  # gpt2 tokens: the plain command
+    assert "--tokenizer" not in str(e.value) and "gpt2repro prepare " in str(e.value)
 
 
 def test_an_unreachable_hub_fails_within_seconds(

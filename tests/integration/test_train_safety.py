@@ -5,6 +5,8 @@ evaluation saves first, resuming past the end is refused, stops say how to conti
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,8 +14,10 @@ import pytest
 
 import gpt2repro.evaluation.hellaswag as hellaswag
 import gpt2repro.train as train_module
+from gpt2repro.cli import main
 from gpt2repro.config import DataConfig, TrainConfig
 from gpt2repro.data.loader import Windows
+from gpt2repro.data.manifest import read_manifest
 from gpt2repro.data.prepare import prepare_dataset
 from gpt2repro.distributed import DistInfo
 from gpt2repro.plan import dry_run_report
@@ -193,6 +197,27 @@ def test_dataset_prepared_from_files_is_used_by_name(
     # A local name (`prepare files --name tiny`), with the tokenizer it was prepared with.
     cfg = DataConfig("tiny", corpus.root / "data", corpus.tokenizer)
     assert ensure_dataset(cfg, DistInfo())[0] == corpus.data_dir
+
+
+def test_offline_train_n_tokenizer_names_a_local_route_that_works(
+    corpus: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # data.tokenizer=train:N offline: the advice must not be "prepare files --name X" alone
+    # (done already, with gpt2 tokens), but the two commands that give this run its tokenizer
+    # and its tokens. Run exactly those, with local files for FILES.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = DataConfig("tinystories", tmp_path / "data", "train:300")
+    with pytest.raises(ConnectionError, match="HF_HUB_OFFLINE") as e:
+        ensure_dataset(cfg, DistInfo())
+    commands = re.findall(r"`(gpt2repro [^`]+)`", str(e.value))
+    assert [c.split()[1] for c in commands] == ["tokenizer", "prepare"], commands
+    files = [str(p) for p in sorted((corpus.root / "texts").glob("doc00*.txt"))]
+    for command in commands:
+        argv = shlex.split(command)[1:]
+        main([*argv[: argv.index("FILES")], *files, *argv[argv.index("FILES") + 1 :]])
+    data_dir, tok = ensure_dataset(cfg, DistInfo())
+    assert tok.vocab_size == 300 and data_dir.name == f"tinystories-{tok.identifier}"
+    assert read_manifest(data_dir)["tokenizer"]["identifier"] == tok.identifier
 
 
 def test_dataset_with_another_tokenizer_says_which(corpus: SimpleNamespace) -> None:

@@ -54,13 +54,32 @@ HUB_DATASETS = {
 }
 
 
-def _offline_hint(name: str) -> str:
-    return (
+class SourceUnreachable(ConnectionError):
+    """A dataset's online source cannot be read here: `problem` says why, the message adds
+    what to do instead (callers that know more, e.g. the run's tokenizer, replace that)."""
+
+    def __init__(self, problem: str, advice: str) -> None:
+        super().__init__(f"{problem} {advice}")
+        self.problem = problem
+
+
+def offline_hint(name: str, tokenizer: str = "gpt2") -> str:
+    """How to prepare `name` from local copies of its files, tokenized with `tokenizer`."""
+    with_tok = "" if tokenizer == "gpt2" else f" --tokenizer {tokenizer}"
+    if name == "tinyshakespeare":
+        return (
+            f"Or download input.txt yourself and run "
+            f"`gpt2repro prepare tinyshakespeare PATH{with_tok}`."
+        )
+    hint = (
         f"To prepare {name} without network access, download its files (.parquet, .jsonl or "
         f".txt) on a connected machine, copy them here and run "
-        f"`gpt2repro prepare files --name {name} PATHS...` (add --field COLUMN if the text "
-        f"column is not 'text')."
+        f"`gpt2repro prepare files --name {name}{with_tok} PATHS...` (add --field COLUMN if "
+        f"the text column is not 'text'"
     )
+    if name == "tinystories":  # its .txt files hold many stories each
+        return hint + "; for its .txt files add --txt-separator '<|endoftext|>')."
+    return hint + ")."
 
 
 def _env_flag(name: str) -> bool:
@@ -87,7 +106,7 @@ def check_reachable(url: str, name: str) -> None:
     thread.join(CONNECT_TIMEOUT_S + 1)
     reason = outcome[0] if outcome else TimeoutError(f"no answer in {CONNECT_TIMEOUT_S:.0f} s")
     if reason is not None:
-        raise ConnectionError(f"Cannot reach {url} ({reason}). {_offline_hint(name)}")
+        raise SourceUnreachable(f"Cannot reach {url} ({reason}).", offline_hint(name))
 
 
 def _hub_endpoint() -> str:
@@ -98,9 +117,10 @@ def hub_source(name: str) -> Source:
     """A streaming source for one of `HUB_DATASETS`; fails fast when offline."""
     spec = HUB_DATASETS[name]
     if _env_flag("HF_HUB_OFFLINE") or _env_flag("HF_DATASETS_OFFLINE"):
-        raise ConnectionError(
+        raise SourceUnreachable(
             f"{name} streams from the Hugging Face hub ({spec.repo}), but HF_HUB_OFFLINE or "
-            f"HF_DATASETS_OFFLINE is set. {_offline_hint(name)}"
+            f"HF_DATASETS_OFFLINE is set.",
+            offline_hint(name),
         )
     check_reachable(f"{_hub_endpoint()}/api/datasets/{spec.repo}", name)
     try:
@@ -108,7 +128,7 @@ def hub_source(name: str) -> Source:
     except ImportError as e:
         raise ValueError(
             f"{name} is read with Hugging Face `datasets`: `pip install datasets`. "
-            f"{_offline_hint(name)}"
+            f"{offline_hint(name)}"
         ) from e
 
     def open_split(split: str) -> Any:
@@ -158,15 +178,12 @@ def tiny_shakespeare_file() -> Path:
     target = assets.cache_dir() / "datasets" / "tinyshakespeare" / "input.txt"
     if target.is_file() and target.stat().st_size == TINY_SHAKESPEARE_BYTES:
         return target
-    local = (
-        "Or download input.txt yourself and run `gpt2repro prepare tinyshakespeare PATH` "
-        "(or `gpt2repro prepare files --name tinyshakespeare PATH`)."
-    )
+    local = offline_hint("tinyshakespeare")
     try:
         with urllib.request.urlopen(TINY_SHAKESPEARE_URL, timeout=CONNECT_TIMEOUT_S) as r:
             data = r.read()
     except (OSError, ValueError) as e:
-        raise ConnectionError(f"Cannot download {TINY_SHAKESPEARE_URL} ({e}). {local}") from e
+        raise SourceUnreachable(f"Cannot download {TINY_SHAKESPEARE_URL} ({e}).", local) from e
     if len(data) != TINY_SHAKESPEARE_BYTES:
         raise ValueError(
             f"{TINY_SHAKESPEARE_URL} served {len(data)} bytes, not the expected "

@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import itertools
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -168,13 +169,9 @@ def prepare_dataset(
     if not overwrite and _is_complete(out_dir, settings):
         return out_dir
     # Opened before anything is created, so an offline source fails leaving no trace.
-    source = open_source(
-        name,
-        paths,
-        text_field=text_field,
-        txt_separator=txt_separator,
-        val_fraction=val_fraction,
-    )
+    source = _open_for(tokenizer_spec, name, paths, text_field, txt_separator, val_fraction)
+    if overwrite or not (out_dir / mf.PROGRESS).is_file():  # a resume deletes nothing
+        _refuse_foreign_files(out_dir)
     existed = out_dir.exists()
     try:
         with _exclusive(out_dir, progress):
@@ -195,6 +192,31 @@ def prepare_dataset(
     return out_dir
 
 
+def _open_for(
+    tokenizer_spec: str,
+    name: str,
+    paths: Sequence[str],
+    text_field: str,
+    txt_separator: str | None,
+    val_fraction: float | None,
+) -> Source:
+    """`open_source`, whose offline advice names the tokenizer to prepare local files with."""
+    from gpt2repro.data import hub
+
+    try:
+        return open_source(
+            name,
+            paths,
+            text_field=text_field,
+            txt_separator=txt_separator,
+            val_fraction=val_fraction,
+        )
+    except hub.SourceUnreachable as e:
+        if tokenizer_spec == "gpt2":
+            raise
+        raise hub.SourceUnreachable(e.problem, hub.offline_hint(name, tokenizer_spec)) from None
+
+
 class EmptySplitError(ValueError):
     """The whole source was read and one split got no document."""
 
@@ -203,7 +225,8 @@ def _is_complete(out_dir: Path, settings: dict[str, Any]) -> bool:
     """True if `out_dir` holds a finished dataset with `settings`; an error if other settings."""
     if not (out_dir / mf.MANIFEST).is_file():
         return False
-    old = mf.read_manifest(out_dir).get("settings") or {}
+    manifest = mf.read_manifest(out_dir)
+    old = manifest.get("settings") or {}
     if old != settings:
         changed = sorted(k for k in settings if old.get(k) != settings[k])
         raise ValueError(
@@ -211,7 +234,20 @@ def _is_complete(out_dir: Path, settings: dict[str, Any]) -> bool:
             f"(different: {', '.join(changed)}). Pass --overwrite to replace it, or "
             f"--data-dir / --name to prepare it somewhere else."
         )
+    _check_inputs_unchanged(out_dir, manifest.get("source") or {})
     return True
+
+
+def _check_inputs_unchanged(out_dir: Path, source: dict[str, Any]) -> None:
+    """Same settings but an input file of another size: the shards hold stale text."""
+    for path, size in zip(source.get("paths") or [], source.get("bytes") or [], strict=False):
+        now = Path(path).stat().st_size if Path(path).is_file() else None
+        if now != size:
+            state = "is gone" if now is None else f"has {now:,} bytes, not {size:,}"
+            raise ValueError(
+                f"{out_dir} was prepared from {path}, which {state} now. Pass --overwrite to "
+                f"prepare it again from the files as they are."
+            )
 
 
 @contextlib.contextmanager
@@ -232,12 +268,33 @@ def _exclusive(out_dir: Path, progress: bool) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+# What `prepare` writes in a dataset folder: shards (and the .tmp each is built in), the
+# manifest, the progress file (and their atomic-write temporaries), the lock.
+_OWN_FILE = re.compile(
+    r"(?:train|val)_\d{6}\.bin(?:\.tmp)?|(?:manifest|progress)\.json"
+    r"|\.(?:manifest|progress)\.json\.tmp.*|\.prepare\.lock"
+)
+
+
+def _refuse_foreign_files(out_dir: Path) -> None:
+    """A fresh start or --overwrite clears the dataset folder: never with someone else's files in it."""
+    if not out_dir.is_dir():
+        return
+    foreign = sorted(p.name for p in out_dir.iterdir() if not _OWN_FILE.fullmatch(p.name))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise FileExistsError(
+            f"{out_dir} already holds files that `prepare` did not write ({shown}). Prepare "
+            f"under another --name or --data-dir, or move those files elsewhere first."
+        )
+
+
 def _remove_dataset(out_dir: Path) -> None:
     """Delete what `prepare` writes in `out_dir` (and nothing else)."""
     if not out_dir.is_dir():
         return
-    for pattern in ("*.bin", "*.bin.tmp", mf.MANIFEST, mf.PROGRESS, "*.json.tmp"):
-        for path in out_dir.glob(pattern):
+    for path in out_dir.iterdir():
+        if _OWN_FILE.fullmatch(path.name) and path.name != ".prepare.lock":
             path.unlink()
 
 

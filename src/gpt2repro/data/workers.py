@@ -123,6 +123,12 @@ def _tasks(docs: Iterable[Document], chars: int) -> Iterator[tuple[list[Document
         yield metas, texts
 
 
+WORKER_DIED = (
+    "A tokenizer worker process died (out of memory, or killed). Re-run the same command to "
+    "resume from the last finished shard, with fewer --workers if memory is short."
+)
+
+
 def encode_stream(
     docs: Iterable[Document],
     tokenizer_spec: str,
@@ -154,11 +160,7 @@ def encode_stream(
     try:
         yield from _in_order(pool, tasks, max_pending=2 * workers + 2)
     except BrokenProcessPool as e:
-        raise ChildProcessError(
-            "A tokenizer worker process died (out of memory, or killed). Re-run the same "
-            "command to resume from the last finished shard, with fewer --workers if memory "
-            "is short."
-        ) from e
+        raise ChildProcessError(WORKER_DIED) from e
     finally:
         # Normally nothing is left; after an error or an abandoned stream, drop queued work.
         pool.shutdown(wait=True, cancel_futures=True)
