@@ -331,6 +331,11 @@ def run_export(args: ExportArgs) -> None:
 def run_tokenizer_train(args: TokenizerTrainArgs) -> None:
     from gpt2repro.tokenizer import train_bpe
 
+    if args.out.suffix != ".json":
+        raise ValueError(
+            f"--out {args.out}: name the tokenizer file *.json (it is Hugging Face's "
+            f"tokenizer.json format, and --tokenizer / --data.tokenizer look for .json)."
+        )
     if args.out.exists() and not args.overwrite:
         raise FileExistsError(
             f"{args.out} exists. Datasets and runs may use it: pass another --out, or "

@@ -12,7 +12,7 @@ import functools
 import hashlib
 import itertools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -138,6 +138,18 @@ def gpt2_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return vocab, merges
 
 
+def valid_utf8(text: str) -> str:
+    """`text` with lone surrogates (from bad UTF-8 read with surrogateescape, or JSON's
+    "\\ud800") replaced by U+FFFD, as tiktoken does; `tokenizers` rejects them."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 class GPT2Tokenizer:
     """OpenAI's GPT-2 BPE (50257 ids), identical to `tiktoken.get_encoding("gpt2")`.
 
@@ -208,13 +220,14 @@ class ByteBPETokenizer:
         return self._special if allow_special else self._ordinary
 
     def encode(self, text: str, allow_special: bool = False) -> list[int]:
-        return self._hf(allow_special).encode(text, add_special_tokens=False).ids
+        return self._hf(allow_special).encode(valid_utf8(text), add_special_tokens=False).ids
 
     def encode_batch(
         self, texts: list[str], allow_special: bool = False, num_threads: int = 8
     ) -> list[list[int]]:
         # HF parallelises with its own Rayon pool (size set by RAYON_NUM_THREADS), so
         # `num_threads` is accepted for interface compatibility and otherwise unused.
+        texts = [valid_utf8(t) for t in texts]
         encodings = self._hf(allow_special).encode_batch(texts, add_special_tokens=False)
         return [e.ids for e in encodings]
 
@@ -306,7 +319,16 @@ def train_bpe_from_texts(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         special_tokens=[EOT],
     )
-    tok.train_from_iterator(texts, trainer)
+    seen = {"chars": 0}
+
+    def counted(texts: Iterable[str]) -> Iterator[str]:
+        for text in texts:
+            seen["chars"] += len(text)
+            yield valid_utf8(text)
+
+    tok.train_from_iterator(counted(texts), trainer)
+    if not seen["chars"]:
+        raise ValueError("No text to train the BPE on: the training documents are all empty.")
 
     out_path = Path(out_path)
     # Saved through a rename: a crash mid-save never leaves a truncated tokenizer behind.

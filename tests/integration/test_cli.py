@@ -75,6 +75,7 @@ def test_bad_inputs_give_one_clear_message(
         (["sample", "--temperature", "-1"], ["temperature=-1"]),
         (["tokenizer", "train", str(text_file), "--vocab-size", "10"], ["258"]),
         (["tokenizer", "train", str(tmp_path / "nope.txt")], ["nope.txt"]),
+        (["tokenizer", "train", str(text_file), "--out", str(tmp_path / "t.txt")], ["*.json"]),
         (["frobnicate"], ["Unknown command 'frobnicate'"]),
         (["bench", "speed"], ["Unknown command 'bench speed'", "bench peak", "bench train"]),
     ]
@@ -146,6 +147,11 @@ def test_tokenizer_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert code == 0 and json.loads(out) == [15496, 995]
     code, out, _ = run_cli(["tokenizer", "encode", "<|endoftext|>", "--allow-special"], capsys)
     assert json.loads(out) == [50256]
+    # `$'\xff'` in bash reaches argv as a lone surrogate: encoded as U+FFFD, as tiktoken does
+    args = ["tokenizer", "encode", "\udcff", "--tokenizer", str(out_file)]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert json.loads(out) == load_tokenizer(str(out_file)).encode("\ufffd")
 
 
 def test_export_command_writes_hf_directory(

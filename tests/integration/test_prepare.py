@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -309,6 +310,52 @@ def test_a_changed_input_file_is_not_answered_with_the_old_shards(
     out = prepare_corpus(source, tmp_path, overwrite=True)
     assert read_manifest(out)["source"]["bytes"] == [14]
     assert prepare_corpus(source, tmp_path) == out  # unchanged again: a no-op
+
+
+def _bad_utf8_jsonl(folder: Path) -> list[str]:
+    (folder / "bad.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')
+    return [str(folder / "bad.jsonl")]
+
+
+def _int_parquet(folder: Path) -> list[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": [1, 2, 3]}), folder / "ints.parquet")
+    return [str(folder / "ints.parquet")]
+
+
+def _empty_txt(folder: Path) -> list[str]:
+    (folder / "empty.txt").write_text("")
+    return [str(folder / "empty.txt")]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (_bad_utf8_jsonl, r"bad.jsonl: not valid UTF-8 .*byte 0xe9.*convert the file"),
+        (_int_parquet, r"ints.parquet: column 'text' holds int64 values, not text.*--field"),
+        (_empty_txt, r"Its inputs hold no text"),
+    ],
+)
+def test_a_bad_source_names_itself_and_leaves_no_folder(
+    make: Callable[[Path], list[str]], message: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        prepare_dataset("files", tmp_path / "data", paths=make(tmp_path), out_name="x", workers=1,
+                        progress=False)  # fmt: skip
+    assert not (tmp_path / "data" / "x").exists()  # nothing to resume: nothing left behind
+
+
+def test_request_problems_come_before_any_work(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("text")
+    with pytest.raises(ValueError, match="--txt-separator must not be empty"):
+        prepare_dataset("files", tmp_path, paths=[str(tmp_path / "a.txt")], out_name="x",
+                        txt_separator="")  # fmt: skip
+    (tmp_path / "tinyshakespeare").mkdir()  # prepared before, from another file
+    (tmp_path / "tinyshakespeare" / "manifest.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"nofile.txt: no such file \(expected char-rnn"):
+        prepare_dataset("tinyshakespeare", tmp_path, paths=[str(tmp_path / "nofile.txt")])
 
 
 KILL_SCRIPT = """

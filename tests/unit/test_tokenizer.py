@@ -30,6 +30,7 @@ from gpt2repro.tokenizer import (
     Tokenizer,
     load_tokenizer,
     train_bpe,
+    train_bpe_from_texts,
 )
 
 from .gpt2_reference_bpe import ReferenceGPT2
@@ -157,6 +158,31 @@ def test_gpt2_matches_tiktoken(
         assert gpt2.encode(text) == official.encode_ordinary(text)
         assert gpt2.encode(text, allow_special=True) == official.encode(text, allowed_special="all")
     assert official.n_vocab == gpt2.vocab_size and official.eot_token == gpt2.eot_id
+
+
+def test_lone_surrogates_encode_as_tiktoken_does(
+    gpt2: GPT2Tokenizer, bpe: ByteBPETokenizer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Bad UTF-8 in argv (surrogateescape) or JSON's "\ud800": tiktoken reads each lone
+    # surrogate as U+FFFD; `tokenizers` raises TypeError unless we do the same.
+    official = _tiktoken_gpt2(monkeypatch, tmp_path)
+    texts = ["a\ud800b", "\udcff", "x \udfff\ud800 y", "ok"]
+    replaced = ["a\ufffdb", "\ufffd", "x \ufffd\ufffd y", "ok"]
+    for text, plain in zip(texts, replaced, strict=True):
+        assert gpt2.encode(text) == official.encode_ordinary(text) == gpt2.encode(plain)
+        assert bpe.encode(text) == bpe.encode(plain)
+    assert bpe.encode_batch(texts) == [bpe.encode(t) for t in replaced]
+    trained = train_bpe_from_texts(
+        ["a\ud800b " * 20, "more text here " * 20], 270, tmp_path / "s.json"
+    )
+    assert trained.decode(trained.encode("a\ud800b")) == "a\ufffdb"
+
+
+def test_train_bpe_refuses_a_corpus_without_text(tmp_path: Path) -> None:
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="No text to train the BPE on"):
+        train_bpe([tmp_path / "empty.txt"], 300, tmp_path / "t.json", show_progress=False)
+    assert not (tmp_path / "t.json").exists()
 
 
 def test_tiktoken_reference_rejects_other_ranks(

@@ -194,7 +194,6 @@ def tiny_shakespeare_file() -> Path:
 
 
 def tiny_shakespeare_source(local: Path | None) -> Source:
-    """tinyshakespeare from `local` when given, else from the download cache."""
-    if local is not None and not local.is_file():
-        raise FileNotFoundError(f"{local}: no such file (expected char-rnn's input.txt).")
+    """tinyshakespeare from `local` when given (`prepare.check_request` saw that it exists),
+    else from the download cache."""
     return tiny_shakespeare(local if local is not None else tiny_shakespeare_file())

@@ -92,9 +92,14 @@ def check_request(
     shard_tokens: int,
     val_fraction: float | None,
     workers: int | None,
+    txt_separator: str | None = None,
 ) -> list[str]:
     """Every problem with a prepare request, as messages (empty when it is fine)."""
     problems = []
+    if txt_separator == "":
+        problems.append("--txt-separator must not be empty (leave it out: one document per file)")
+    if dataset == "tinyshakespeare" and paths and not Path(paths[0]).is_file():
+        problems.append(f"{paths[0]}: no such file (expected char-rnn's input.txt)")
     if dataset not in DATASETS:
         problems.append(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     if dataset == "files":
@@ -145,7 +150,9 @@ def prepare_dataset(
     tokenization); an interrupted one resumes; one prepared with other settings is an
     error unless `overwrite`. `out_name` names the output folder (required for `files`).
     """
-    problems = check_request(name, paths, out_name, shard_tokens, val_fraction, workers)
+    problems = check_request(
+        name, paths, out_name, shard_tokens, val_fraction, workers, txt_separator
+    )
     if problems:
         raise ValueError("Cannot prepare: " + "; ".join(problems) + ".")
     tok = load_tokenizer(tokenizer_spec)
@@ -180,16 +187,24 @@ def prepare_dataset(
             elif _is_complete(out_dir, settings):  # another process finished it meanwhile
                 return out_dir
             _write(source, out_dir, tok, settings, workers or default_workers(), progress)
-    except EmptySplitError:
-        # The same inputs and settings would fail the same way: nothing here is worth
-        # resuming, and a leftover folder would only demand --overwrite next time.
-        _remove_dataset(out_dir)
-        if not existed:
-            (out_dir / ".prepare.lock").unlink(missing_ok=True)
-            with contextlib.suppress(OSError):  # not empty: something else lives there
-                out_dir.rmdir()
+    except Exception as e:
+        # An empty split: the same inputs and settings would fail the same way. Any error
+        # before the first progress checkpoint of a new folder: nothing there to resume.
+        # Either way a leftover folder would only be clutter, or demand --overwrite.
+        fresh = not existed and not (out_dir / mf.PROGRESS).is_file()
+        if isinstance(e, EmptySplitError) or fresh:
+            _discard(out_dir, existed)
         raise
     return out_dir
+
+
+def _discard(out_dir: Path, existed: bool) -> None:
+    """Remove what this prepare wrote, and the folder too if it made it and it is empty."""
+    _remove_dataset(out_dir)
+    if not existed:
+        (out_dir / ".prepare.lock").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty: something else lives there
+            out_dir.rmdir()
 
 
 def _open_for(
@@ -381,6 +396,8 @@ def _more_documents_hint(source: Source, counts: dict[str, int]) -> str:
     """What to pass so that both splits get documents."""
     if sum(counts.values()) >= 2:
         return "Lower --val-fraction, or give it more documents."
+    if not any(counts.values()):
+        return "Its inputs hold no text (empty files, or empty --field values): check them."
     separator = source.description.get("txt_separator")
     txt = source.name == "files" and any(p.endswith(".txt") for p in source.description["paths"])
     if txt and separator is None:

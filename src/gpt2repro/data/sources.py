@@ -124,24 +124,48 @@ def _text_documents(path: Path, key: str, separator: str | None) -> Iterator[Doc
             yield Document(key, text)
         return
     index = 0
-    rest = ""
     try:
         # newline="" keeps \r\n as it is, so the bytes we count are the bytes in the file.
         with open(path, encoding="utf-8", newline="") as f:
-            while block := f.read(_READ_BLOCK):
-                pieces = (rest + block).split(separator)
-                rest = pieces.pop()
-                for piece in pieces:
-                    if piece:
-                        yield Document(f"{key}#{index}", piece)
-                        index += 1
+            for piece in split_stream(iter(lambda: f.read(_READ_BLOCK), ""), separator):
+                if piece:
+                    yield Document(f"{key}#{index}", piece)
+                    index += 1
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not valid UTF-8 ({e.reason}); convert the file to UTF-8.") from e
-    if rest:
-        yield Document(f"{key}#{index}", rest)
+
+
+def split_stream(blocks: Iterator[str], separator: str) -> Iterator[str]:
+    """The pieces between `separator`s of the concatenated `blocks`, in time linear in the
+    text even when one piece spans many blocks (re-splitting a growing rest would not be)."""
+    keep = len(separator) - 1  # a separator may begin in the last `keep` characters
+    current: list[str] = []  # the piece read so far
+    carry = ""
+    for block in blocks:
+        parts = (carry + block).split(separator)
+        for part in parts[:-1]:
+            current.append(part)
+            yield "".join(current)
+            current = []
+        last = parts[-1]
+        cut = max(len(last) - keep, 0)
+        current.append(last[:cut])
+        carry = last[cut:]
+    current.append(carry)
+    yield "".join(current)
 
 
 def _jsonl_documents(path: Path, key: str, text_field: str) -> Iterator[Document]:
+    try:
+        yield from _jsonl_rows(path, key, text_field)
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path}: not valid UTF-8 ({e.reason}, byte 0x{e.object[e.start]:02x}); convert the "
+            f"file to UTF-8."
+        ) from e
+
+
+def _jsonl_rows(path: Path, key: str, text_field: str) -> Iterator[Document]:
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
@@ -171,6 +195,12 @@ def _parquet_documents(path: Path, key: str, column: str) -> Iterator[Document]:
         raise ValueError(
             f"{path}: no column {column!r} (columns: {', '.join(names)}). Pick one with --field."
         )
+    kind = reader.schema_arrow.field(column).type
+    if not (_pa_types().is_string(kind) or _pa_types().is_large_string(kind)):
+        raise ValueError(
+            f"{path}: column {column!r} holds {kind} values, not text. Pick the text column "
+            f"with --field (columns: {', '.join(names)})."
+        )
     row = 0
     # Record batches keep memory bounded whatever the file size.
     for batch in reader.iter_batches(batch_size=1024, columns=[column]):
@@ -178,6 +208,12 @@ def _parquet_documents(path: Path, key: str, column: str) -> Iterator[Document]:
             if text:
                 yield Document(f"{key}#{row}", text)
             row += 1
+
+
+def _pa_types() -> Any:
+    import pyarrow.types  # only reached after _import_pyarrow_parquet found pyarrow
+
+    return pyarrow.types
 
 
 def _import_pyarrow_parquet() -> Any:
