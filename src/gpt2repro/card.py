@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from gpt2repro import checkpoint as ckpt
 from gpt2repro.evaluation.report import RESULTS_FILE, higher_is_better, read_results, task_entry
 from gpt2repro.loading import Loaded
@@ -120,11 +122,23 @@ def write_card(
     loaded = load_source(str(checkpoint))
     if not (export_dir / CONFIG_FILE).is_file():
         export_hf(loaded.model, export_dir, tokenizer_spec=loaded.tokenizer.spec)
+    elif export_dir != checkpoint and not _same_weights(loaded.model, export_dir):
+        # An export of an earlier state of this checkpoint (e.g. `best` before more
+        # training): replace it, and the results evaluated on it go with it.
+        export_hf(loaded.model, export_dir, tokenizer_spec=loaded.tokenizer.spec, overwrite=True)
     info = gather(checkpoint, loaded, export_dir, name)
     info.license = license
     readme = export_dir / "README.md"
     readme.write_text(render_card(info), encoding="utf-8")
     return readme
+
+
+def _same_weights(model: torch.nn.Module, export_dir: Path) -> bool:
+    from gpt2repro.loading import load_source
+
+    exported = load_source(str(export_dir)).model.state_dict()
+    ours = model.state_dict()
+    return exported.keys() == ours.keys() and all(torch.equal(exported[k], ours[k]) for k in ours)
 
 
 # ---- rendering ----

@@ -200,7 +200,12 @@ def evaluate(s: Session, state: TrainState) -> dict[str, float]:
         s.dist,
     )
     if s.dist.is_main:
-        s.writer.write({"step": state.step, "kind": "val", "tokens": state.tokens, **result})
+        # "tokens" is training progress in every record (the x axis of loss_tokens.png);
+        # how many validation tokens were scored is "val_tokens".
+        scored = {"val_tokens": result["tokens"]} | {
+            k: v for k, v in result.items() if k != "tokens"
+        }
+        s.writer.write({"step": state.step, "kind": "val", "tokens": state.tokens, **scored})
         print0(
             s.dist,
             f"step {state.step:>6} | val loss {result['loss']:.4f} | val bpb {result['bpb']:.4f}",

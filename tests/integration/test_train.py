@@ -217,6 +217,12 @@ def test_run_directory_records_everything(corpus: SimpleNamespace, tmp_path: Pat
     assert [r["step"] for r in val_rows] == [4, 8, 12]
     assert all(r["bpb"] > 0 and r["loss"] > 0 for r in val_rows)
     assert math.isclose(val_rows[-1]["loss"], result.final_val["loss"])
+    # Every record's "tokens" is training progress (plots put val points at it); the
+    # validation tokens scored are apart, "val_tokens".
+    trained = {r["step"]: r["tokens"] for r in train_rows}
+    assert [r["tokens"] for r in val_rows] == [trained[4], trained[8], trained[12]]
+    assert trained[4] == 4 * cfg.batch.tokens_per_step
+    assert all(r["val_tokens"] == result.final_val["tokens"] for r in val_rows)
     assert any((run / "tensorboard").iterdir())
     assert "=== step 6 ===" in (run / "samples.txt").read_text()
     assert (run / "loss.png").stat().st_size > 1000

@@ -98,6 +98,25 @@ def test_card_next_to_the_export(checkpoint: Path) -> None:
     assert "## Limitations" in text
 
 
+def test_a_second_card_follows_the_checkpoint_not_an_old_export(checkpoint: Path) -> None:
+    export = checkpoint.with_name("step_000100-hf")
+    write_card(checkpoint)
+    mine = task_entry({"acc_norm": 0.5}, {"acc_norm": 0.01}, 100)
+    write_results(export / "eval_results.json", {"hellaswag": mine}, {"source": str(export)})
+    # The same weights again: the export and the results measured on it stay.
+    assert "| hellaswag | acc_norm | 0.5000 |" in write_card(checkpoint).read_text()
+    # More training wrote new weights under the same name (as `best` does).
+    meta = json.loads((checkpoint / "meta.json").read_text())
+    newer = load_source(str(checkpoint)).model
+    with torch.no_grad():
+        newer.transformer.wpe.weight.add_(1.0)
+    save_checkpoint(checkpoint, newer, GPT2Tokenizer(), meta | {"step": 150})
+    text = write_card(checkpoint).read_text()
+    exported = load_source(str(export)).model.state_dict()
+    assert all(torch.equal(exported[k], v) for k, v in newer.state_dict().items())
+    assert "- optimizer steps: 150" in text and "0.5000" not in text  # old results gone too
+
+
 def test_card_for_an_export_and_the_command(checkpoint: Path, tmp_path: Path) -> None:
     export = tmp_path / "exported"
     readme = run_card(CardArgs(checkpoint, export_dir=export, name="tiny", license="apache-2.0"))
