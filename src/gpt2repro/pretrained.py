@@ -90,6 +90,7 @@ def export_hf(
         (tmp / SIDECAR_FILE).write_text(json.dumps(sidecar, indent=2) + "\n")
         if tokenizer_file is not None:
             shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
+            _write_tokenizer_config(tmp, "PreTrainedTokenizerFast", config.block_size)
         elif tokenizer_spec == "gpt2":
             _write_gpt2_tokenizer(tmp, config.block_size)
     return out_dir
@@ -102,12 +103,18 @@ def _write_gpt2_tokenizer(out_dir: Path, max_length: int) -> None:
     (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     lines = ["#version: 0.2", *(f"{a} {b}" for a, b in merges)]
     (out_dir / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _write_tokenizer_config(out_dir, "GPT2Tokenizer", max_length, unk_token=EOT)
+
+
+def _write_tokenizer_config(out_dir: Path, cls: str, max_length: int, **extra: str) -> None:
+    """transformers' tokenizer settings: the context as model_max_length (else truncation
+    would not stop at it), <|endoftext|> as bos and eos, no prefix space (as in training)."""
     settings = {
-        "tokenizer_class": "GPT2Tokenizer",
+        "tokenizer_class": cls,
         "model_max_length": max_length,
         "bos_token": EOT,
         "eos_token": EOT,
-        "unk_token": EOT,
+        **extra,
         "add_prefix_space": False,
     }
     (out_dir / "tokenizer_config.json").write_text(json.dumps(settings, indent=2) + "\n")

@@ -7,6 +7,7 @@ import math
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -137,6 +138,66 @@ def test_val_and_hellaswag_results_go_next_to_the_checkpoint(
 # A random GPT with tied embeddings predicts its last input token again, so the harness
 # scores the second text as greedy and the first as not: acc is neither 0 nor 1.
 LAMBADA_TEXTS = ["The river carried the silver stone", "The garden carried the the"]
+
+
+def test_inputs_are_checked_first_and_finished_tasks_are_kept(
+    checkpoint: Path,
+    dataset: Path,
+    hellaswag_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gpt2repro.evaluation.hellaswag as hellaswag
+    import gpt2repro.evaluation.val as val
+
+    out = tmp_path / "results.json"
+    common = dict(data="words", data_root=dataset.parent, seq_len=32, out=out, dtype="fp32")
+    # A HellaSwag file that cannot be had fails before val computes anything.
+    real_split_loss = val.split_loss
+    monkeypatch.setattr(val, "split_loss", lambda *a, **k: pytest.fail("val ran"))
+    with pytest.raises(FileNotFoundError, match=r"nope\.jsonl"):
+        run_eval(EvalArgs(str(checkpoint), tasks=("val", "hellaswag"),
+                          hellaswag_path=tmp_path / "nope.jsonl", **common))  # fmt: skip
+    # A task failing mid-way keeps the results of the tasks before it.
+    monkeypatch.setattr(val, "split_loss", real_split_loss)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("out of memory in hellaswag")
+
+    monkeypatch.setattr(hellaswag, "hellaswag_eval", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_eval(EvalArgs(str(checkpoint), tasks=("val", "hellaswag"),
+                          hellaswag_path=hellaswag_file, **common))  # fmt: skip
+    saved = json.loads(out.read_text())["results"]
+    assert list(saved) == ["val:words/val"]
+    assert math.isclose(
+        saved["val:words/val"]["metrics"]["loss"], direct_val_loss(checkpoint, dataset, 32),
+        rel_tol=1e-5,
+    )  # fmt: skip
+
+
+def test_lm_eval_task_names_are_checked_before_val_and_offline_says_what_to_do(
+    checkpoint: Path, dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("lm_eval")
+    import lm_eval
+
+    import gpt2repro.evaluation.harness as harness
+    import gpt2repro.evaluation.val as val
+
+    index = SimpleNamespace(all_tasks=["lambada_openai"])  # lm-eval's index takes ~10 s
+    monkeypatch.setattr(harness, "task_manager", lambda: index)
+    monkeypatch.setattr(val, "split_loss", lambda *a, **k: pytest.fail("val ran"))
+    common = dict(data="words", data_root=dataset.parent, out=tmp_path / "r.json", dtype="fp32")
+    with pytest.raises(ValueError, match=r"Unknown lm-eval task.*lambada_opneai"):
+        run_eval(EvalArgs(str(checkpoint), tasks=("val", "lm_eval:lambada_opneai"), **common))
+
+    def offline(**kwargs: object) -> None:
+        raise ConnectionError("Couldn't reach 'EleutherAI/lambada_openai' on the Hub")
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", offline)
+    with pytest.raises(ConnectionError, match=r"Couldn.t reach.*HF_DATASETS_OFFLINE=1.*PATH\.yaml"):
+        run_eval(EvalArgs(str(checkpoint), tasks=("lm_eval:lambada_openai",), **common))
 
 
 def direct_loglikelihood(checkpoint: Path, context: str, target: str) -> tuple[float, bool]:

@@ -18,6 +18,7 @@ from gpt2repro import pretrained
 from gpt2repro.model import GPT, GPTConfig
 from gpt2repro.presets import tiny
 from gpt2repro.pretrained import export_hf, hf_tokenizer_spec, load_hf
+from gpt2repro.tokenizer import load_tokenizer
 
 SMALL = replace(tiny(), vocab_size=100)  # fast; padded to 128 rows
 
@@ -289,3 +290,12 @@ def test_export_of_a_trained_bpe_names_its_end_of_text(tmp_path: Path) -> None:
     config = json.loads((out / "config.json").read_text())
     assert config["eos_token_id"] == config["bos_token_id"] == eot
     assert (out / "tokenizer.json").read_bytes() == tok_file.read_bytes()
+    # transformers reads the context and the end-of-text token from the export itself.
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(out)
+    assert hf.model_max_length == SMALL.block_size and hf.eos_token_id == eot
+    long = "the cat sat on the mat. " * 100
+    ours = load_tokenizer(str(tok_file)).encode(long)
+    assert hf(long)["input_ids"] == ours and len(ours) > SMALL.block_size
+    assert hf(long, truncation=True)["input_ids"] == ours[: SMALL.block_size]

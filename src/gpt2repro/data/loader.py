@@ -321,8 +321,9 @@ def eval_batches(
         raise ValueError(
             f"The {windows.name} yields {n} windows of {seq_len + 1} tokens"
             f"{'' if max_tokens is None else f' within max_tokens={max_tokens}'}, fewer than "
-            f"the {world_size} rank(s). Use a shorter sequence length (--batch.seq-len, --seq-len), "
-            f"a larger token budget (--eval.val-tokens, --val-tokens) or prepare more data."
+            f"the {world_size} rank(s). Use a shorter sequence length (train --batch.seq-len, "
+            f"eval --seq-len), a larger token budget (train --eval.val-tokens, eval "
+            f"--val-tokens) or prepare more data."
         )
     dev = torch.device(device)
     return _eval_iter(windows, n, batch_size, rank, world_size, dev)

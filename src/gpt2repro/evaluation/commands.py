@@ -137,42 +137,63 @@ def run_eval(args: EvalArgs) -> dict[str, dict[str, Any]]:
     model: torch.nn.Module = loaded.model.eval()
     if args.compile:
         model = torch.compile(model)  # type: ignore[assignment]
+    tok = loaded.tokenizer
+    path = args.out or default_results_path(args.model)
     results: dict[str, dict[str, Any]] = {}
+
+    def finished(entries: dict[str, dict[str, Any]]) -> None:
+        # Written as each task ends: a later task's failure loses nothing already computed.
+        results.update(entries)
+        if dist.is_main:
+            write_results(path, entries, _model_record(args.model, loaded))
+
     try:
-        if "val" in args.tasks:
-            results |= _val(args, model, loaded.tokenizer, device, dtype, dist)
+        # Every input is found and checked before the first forward pass.
+        val_data = _val_dataset(args, tok) if "val" in args.tasks else None
+        examples = None
         if "hellaswag" in args.tasks:
-            results |= _hellaswag(args, model, loaded.tokenizer, device, dtype, dist)
+            from gpt2repro.evaluation.hellaswag import load_examples
+
+            examples = load_examples(args.hellaswag_path, args.limit)
         lm_tasks = [
             t.removeprefix(LM_EVAL_PREFIX) for t in args.tasks if t.startswith(LM_EVAL_PREFIX)
         ]
-        if lm_tasks and dist.is_main:  # the harness runs as one process
-            results |= _lm_eval(args, loaded, lm_tasks, device, dtype)
+        lm_tasks = lm_tasks if dist.is_main else []  # the harness runs as one process
+        manager = _lm_eval_tasks(lm_tasks) if lm_tasks else None
+        if val_data is not None:
+            finished(_val(args, val_data, model, device, dtype, dist))
+        if examples is not None:
+            finished(_hellaswag(examples, model, tok, device, dtype, dist, args.batch_size))
+        if lm_tasks:
+            finished(_lm_eval(args, loaded, lm_tasks, manager, device, dtype))
     finally:
         shutdown()
     if dist.is_main:
         print(format_table(results))
-        path = args.out or default_results_path(args.model)
-        write_results(path, results, _model_record(args.model, loaded))
         print(f"wrote {path}")
     return results
 
 
-def _val(args: EvalArgs, model: Any, tok: Any, device: Any, dtype: str, dist: Any) -> dict:
+def _val_dataset(args: EvalArgs, tok: Any) -> Path:
     from gpt2repro.data.commands import resolve_dataset
     from gpt2repro.data.loader import read_manifest
-    from gpt2repro.evaluation.val import split_loss
 
     assert args.data is not None
     data = resolve_dataset(args.data, args.data_root, tok.spec)
-    manifest = read_manifest(data)
-    ident = manifest["tokenizer"]["identifier"]
+    ident = read_manifest(data)["tokenizer"]["identifier"]
     if ident != tok.identifier:
         raise ValueError(
             f"{data} was tokenized with {ident!r}, but the model uses {tok.identifier!r}. "
             f"Prepare the same text with the model's tokenizer (`gpt2repro prepare ... "
             f"--tokenizer {tok.spec}`) and compare models by bits per byte."
         )
+    return data
+
+
+def _val(args: EvalArgs, data: Path, model: Any, device: Any, dtype: str, dist: Any) -> dict:
+    from gpt2repro.data.loader import read_manifest
+    from gpt2repro.evaluation.val import split_loss
+
     block = _block_size(model)
     seq_len = args.seq_len or min(block, 1024)
     if seq_len > block:
@@ -180,23 +201,25 @@ def _val(args: EvalArgs, model: Any, tok: Any, device: Any, dtype: str, dist: An
     r = split_loss(
         model, data, args.split, args.batch_size, seq_len, args.val_tokens, device, dtype, dist
     )
-    split = manifest["splits"][args.split]
+    split = read_manifest(data)["splits"][args.split]
     info = {"seq_len": seq_len, "split_tokens": split["tokens"], "split_bytes": split["bytes"]}
     metrics = {k: float(r[k]) for k in ("loss", "ppl", "bpb")}
     name = f"val:{data.resolve().name}/{args.split}"
     return {name: task_entry(metrics, samples=int(r["tokens"]), info=info)}
 
 
-def _hellaswag(args: EvalArgs, model: Any, tok: Any, device: Any, dtype: str, dist: Any) -> dict:
-    from gpt2repro.evaluation.hellaswag import (
-        METRICS,
-        VAL_EXAMPLES,
-        hellaswag_eval,
-        load_examples,
-    )
+def _hellaswag(
+    examples: list[dict[str, Any]],
+    model: Any,
+    tok: Any,
+    device: Any,
+    dtype: str,
+    dist: Any,
+    batch_size: int,
+) -> dict:
+    from gpt2repro.evaluation.hellaswag import METRICS, VAL_EXAMPLES, hellaswag_eval
 
-    examples = load_examples(args.hellaswag_path, args.limit)
-    r = hellaswag_eval(model, examples, tok, device, dtype, dist, args.batch_size)
+    r = hellaswag_eval(model, examples, tok, device, dtype, dist, batch_size)
     metrics = {m: r[m] for m in METRICS}
     stderr = {m: r[f"{m}_stderr"] for m in METRICS}
     # Only the full validation set compares with the published numbers (0.2955 for GPT-2 124M).
@@ -204,14 +227,22 @@ def _hellaswag(args: EvalArgs, model: Any, tok: Any, device: Any, dtype: str, di
     return {"hellaswag": task_entry(metrics, stderr, int(r["n"]), info)}
 
 
-def _lm_eval(args: EvalArgs, loaded: Any, tasks: list[str], device: Any, dtype: str) -> dict:
+def _lm_eval_tasks(tasks: list[str]) -> Any:
+    """lm-eval's task index, once `tasks` are known to be in it (before any compute)."""
     try:
-        from gpt2repro.evaluation.harness import GPT2ReproLM, run_tasks
+        from gpt2repro.evaluation.harness import check_tasks
     except ImportError as e:
         raise ValueError(
             f"lm_eval: tasks need lm-evaluation-harness ({e}). Install it with "
             "`pip install 'gpt2repro[eval]'`."
         ) from e
+    return check_tasks(tasks)
+
+
+def _lm_eval(
+    args: EvalArgs, loaded: Any, tasks: list[str], manager: Any, device: Any, dtype: str
+) -> dict:
+    from gpt2repro.evaluation.harness import GPT2ReproLM, run_tasks
     from gpt2repro.evaluation.report import from_lm_eval
 
     lm = GPT2ReproLM(
@@ -222,7 +253,9 @@ def _lm_eval(args: EvalArgs, loaded: Any, tasks: list[str], device: Any, dtype: 
         batch_size=args.batch_size,
     )
     lm.source = args.model
-    output = run_tasks(lm, tasks, limit=args.limit, bootstrap_iters=args.bootstrap_iters)
+    output = run_tasks(
+        lm, tasks, limit=args.limit, bootstrap_iters=args.bootstrap_iters, manager=manager
+    )
     return from_lm_eval(output)
 
 

@@ -263,6 +263,31 @@ def run_tasks(
     """simple_evaluate's output for harness tasks or groups (names, or paths of task YAMLs)."""
     from lm_eval import simple_evaluate
 
+    manager = check_tasks(tasks, manager)
+    try:
+        output: dict[str, Any] = simple_evaluate(
+            model=lm,
+            tasks=tasks,
+            limit=limit,
+            bootstrap_iters=bootstrap_iters,
+            task_manager=manager,
+            log_samples=log_samples,
+        )
+    except ConnectionError as e:  # `datasets` could not reach the hub for a task's data
+        raise ConnectionError(f"lm-eval: {e}. {OFFLINE_ADVICE}") from e
+    return output
+
+
+OFFLINE_ADVICE = (
+    "Each lm-eval task reads its dataset from the Hugging Face hub. Without network access, "
+    "run the same evaluation once on a connected machine, copy its `datasets` cache "
+    "(~/.cache/huggingface) here and set HF_DATASETS_OFFLINE=1; or pass a task YAML of your "
+    "own (lm_eval:PATH.yaml) whose dataset points at local files."
+)
+
+
+def check_tasks(tasks: list[str], manager: Any = None) -> Any:
+    """lm-eval's task index (built when not given), once every name in `tasks` is in it."""
     manager = manager or task_manager()
     unknown = [t for t in tasks if t not in manager.all_tasks and not Path(t).is_file()]
     if unknown:
@@ -270,15 +295,7 @@ def run_tasks(
             f"Unknown lm-eval task(s): {', '.join(unknown)}. The GPT-2 suite is {SUITE} "
             f"({', '.join(_suite_members())}); `lm-eval ls tasks` lists the harness's own."
         )
-    output: dict[str, Any] = simple_evaluate(
-        model=lm,
-        tasks=tasks,
-        limit=limit,
-        bootstrap_iters=bootstrap_iters,
-        task_manager=manager,
-        log_samples=log_samples,
-    )
-    return output
+    return manager
 
 
 def _suite_members() -> list[str]:
