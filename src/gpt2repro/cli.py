@@ -8,12 +8,13 @@ with a non-zero exit and no traceback.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import tyro
 
@@ -173,11 +174,24 @@ def run_train(argv: list[str]) -> None:
     if dry_run:
         from gpt2repro.plan import dry_run_report
 
-        print(dry_run_report(cfg))
+        report = dry_run_report(cfg)
+        if os.environ.get("RANK", "0") == "0":
+            print(report)
         return
     from gpt2repro.train import train
 
     result = train(cfg)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary, not one per rank
+        _print_summary(result)
+    if result.stopped_by == "unstable":
+        raise SystemExit(3)
+    if result.stopped_by == "signal":
+        # The shell's convention, 128 + signal: 130 for Ctrl-C, 143 for SIGTERM. A rank that
+        # stopped because another rank was signalled reports SIGTERM, as a scheduler would send.
+        raise SystemExit(128 + (result.signal or signal.SIGTERM))
+
+
+def _print_summary(result: Any) -> None:
     print(f"run directory: {result.run_dir}")
     if result.final_val:
         print(
@@ -188,12 +202,6 @@ def run_train(argv: list[str]) -> None:
     for name in ("samples.txt", "loss.png", "metrics.jsonl"):
         if (result.run_dir / name).exists():
             print(f"{name}: {result.run_dir / name}")
-    if result.stopped_by == "unstable":
-        raise SystemExit(3)
-    if result.stopped_by == "signal":
-        # The shell's convention, 128 + signal: 130 for Ctrl-C, 143 for SIGTERM. A rank that
-        # stopped because another rank was signalled reports SIGTERM, as a scheduler would send.
-        raise SystemExit(128 + (result.signal or signal.SIGTERM))
 
 
 @dataclass
@@ -505,11 +513,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         run(args)
     except (
         ValueError,
-        FileNotFoundError,
-        FileExistsError,
-        NotADirectoryError,
-        ConnectionError,
-        ChildProcessError,  # a tokenizer worker died: the message says how to resume
+        # The machine's side (a missing or existing file, a full disk, no network, a dead
+        # worker): each message names the file or what to do.
+        OSError,
     ) as e:
         fail(str(e))
     except KeyboardInterrupt:

@@ -45,11 +45,28 @@ class DistInfo:
 
 def dist_info_from_env() -> DistInfo:
     """Read RANK / LOCAL_RANK / WORLD_SIZE as set by torchrun (absent: one process)."""
-    return DistInfo(
-        rank=int(os.environ.get("RANK", 0)),
-        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
-        world_size=int(os.environ.get("WORLD_SIZE", 1)),
-    )
+    values = {}
+    for name, default in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)):
+        raw = os.environ.get(name, str(default))
+        try:
+            values[name] = int(raw)
+        except ValueError:
+            raise ValueError(
+                f"Environment variable {name}={raw!r} is not a whole number. Launch with "
+                f"torchrun, which sets it, or unset it for one process."
+            ) from None
+    info = DistInfo(values["RANK"], values["LOCAL_RANK"], values["WORLD_SIZE"])
+    if info.enabled:
+        missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+        if missing:
+            raise ValueError(
+                f"WORLD_SIZE={info.world_size} asks for distributed training, but "
+                f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set. "
+                f"Launch with torchrun (`torchrun --nproc-per-node N -m gpt2repro train ...`), "
+                f"or set MASTER_ADDR and MASTER_PORT (rank 0's host and a free port) on every "
+                f"process, as srun-style launchers must."
+            )
+    return info
 
 
 def init_distributed(device: torch.device, timeout_minutes: float = TIMEOUT_MINUTES) -> DistInfo:

@@ -36,10 +36,17 @@ def runs(corpus: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) -> S
     root = tmp_path_factory.mktemp("runs")
     two_ranks = {"batch.micro-batch": 2}
     one = single(train_args(corpus, root / "single"))  # overlaps the next start-up
-    finish(torchrun(train_args(corpus, root / "ddp", **two_ranks)))
+    ddp_out = finish(torchrun(train_args(corpus, root / "ddp", **two_ranks)))
     finish(one)
     finish(torchrun(train_args(corpus, root / "fsdp", **two_ranks, **{"run.parallel": "fsdp"})))
-    return SimpleNamespace(single=root / "single", ddp=root / "ddp", fsdp=root / "fsdp")
+    return SimpleNamespace(
+        single=root / "single", ddp=root / "ddp", fsdp=root / "fsdp", ddp_out=ddp_out
+    )
+
+
+def test_the_end_of_run_summary_is_printed_once(runs: SimpleNamespace) -> None:
+    assert runs.ddp_out.count("run directory:") == 1, runs.ddp_out[-2000:]
+    assert runs.ddp_out.count("final val loss") == 1
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import signal
 import subprocess
@@ -99,6 +100,39 @@ def test_a_dead_tokenizer_worker_is_one_line_with_the_way_on(
     args = ["prepare", "files", str(tmp_path / "a.txt"), "--name", "x"]
     code, _, err = run_cli([*args, "--data-dir", str(tmp_path / "data"), "--no-progress"], capsys)
     assert_user_error(code, err, "worker process died", "Re-run the same command")
+
+
+@pytest.mark.parametrize(
+    ("env", "needles"),
+    [
+        ({"WORLD_SIZE": "two"}, ["WORLD_SIZE='two' is not a whole number", "torchrun"]),
+        ({"WORLD_SIZE": "2", "RANK": "0"}, ["MASTER_ADDR and MASTER_PORT are not set", "torchrun"]),
+    ],
+)
+def test_a_bad_distributed_environment_is_one_line(
+    env: dict[str, str], needles: list[str], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, _, err = run_cli(["train", "--dry-run"], capsys)
+    assert_user_error(code, err, *needles)
+
+
+def test_a_full_disk_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gpt2repro import pretrained
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "hf"))
+
+    monkeypatch.setattr(pretrained, "save_file", full)
+    code, _, err = run_cli(["export", "init:tiny", str(tmp_path / "hf")], capsys)
+    assert_user_error(code, err, "No space left on device")
+    assert not (tmp_path / "hf").exists()
 
 
 @pytest.mark.parametrize("args", [["bench"], ["bench", "--help"], ["tokenizer", "-h"]])
