@@ -57,19 +57,14 @@ def train_dataset_tokenizer(cfg: DataConfig, vocab_size: int, dist: DistInfo) ->
 
 def _local_tokenizer_route(cfg: DataConfig, vocab_size: int) -> str:
     """Offline, train:N's tokenizer and tokens come from local copies of the dataset's files."""
+    from gpt2repro.data.hub import offline_hint
+
     path = tokenizer_path(cfg, vocab_size)
-    root = "" if cfg.data_root == Path("data") else f" --data-dir {cfg.data_root}"
-    if cfg.dataset == "tinyshakespeare":
-        files, prepare = "PATH", f"gpt2repro prepare tinyshakespeare PATH --tokenizer {path}{root}"
-    else:
-        files, prepare = (
-            "FILES",
-            f"gpt2repro prepare files FILES --name {cfg.dataset} --tokenizer {path}{root}",
-        )
     return (
         f"data.tokenizer=train:{vocab_size} trains a BPE on {cfg.dataset}'s training documents. "
-        f"From local copies of its files instead, run `gpt2repro tokenizer train {files} "
-        f"--vocab-size {vocab_size} --out {path}` and `{prepare}`; this run then finds both."
+        f"With local copies of its files, train it with `gpt2repro tokenizer train PATHS... "
+        f"--vocab-size {vocab_size} --out {path}`; this run then finds it, and the tokens once "
+        f"prepared with it. {offline_hint(cfg.dataset, str(path), cfg.data_root)}"
     )
 
 

@@ -214,7 +214,8 @@ def test_offline_train_n_tokenizer_names_a_local_route_that_works(
     files = [str(p) for p in sorted((corpus.root / "texts").glob("doc00*.txt"))]
     for command in commands:
         argv = shlex.split(command)[1:]
-        main([*argv[: argv.index("FILES")], *files, *argv[argv.index("FILES") + 1 :]])
+        at = argv.index("PATHS...")
+        main([*argv[:at], *files, *argv[at + 1 :]])
     data_dir, tok = ensure_dataset(cfg, DistInfo())
     assert tok.vocab_size == 300 and data_dir.name == f"tinystories-{tok.identifier}"
     assert read_manifest(data_dir)["tokenizer"]["identifier"] == tok.identifier

@@ -63,9 +63,12 @@ class SourceUnreachable(ConnectionError):
         self.problem = problem
 
 
-def offline_hint(name: str, tokenizer: str = "gpt2") -> str:
-    """How to prepare `name` from local copies of its files, tokenized with `tokenizer`."""
+def offline_hint(name: str, tokenizer: str = "gpt2", data_root: Path | None = None) -> str:
+    """How to prepare `name` from local copies of its files, tokenized with `tokenizer`
+    (into `data_root`, when the command must name one)."""
     with_tok = "" if tokenizer == "gpt2" else f" --tokenizer {tokenizer}"
+    if data_root is not None and Path(data_root) != Path("data"):
+        with_tok += f" --data-dir {data_root}"
     if name == "tinyshakespeare":
         return (
             f"Or download input.txt yourself and run "
