@@ -8,7 +8,6 @@ with a non-zero exit and no traceback.
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -138,6 +137,7 @@ def pop_option(argv: list[str], name: str, default: str) -> tuple[str, list[str]
 def run_train(argv: list[str]) -> None:
     """Train GPT-2 from a preset with typed overrides (--dry-run: plan only)."""
     from gpt2repro.config import TrainConfig
+    from gpt2repro.distributed import dist_info_from_env
     from gpt2repro.presets import DEFAULT_TRAIN_PRESET, TRAIN_PRESETS, train_preset
 
     preset, argv = pop_option(argv, "--preset", DEFAULT_TRAIN_PRESET)
@@ -175,13 +175,13 @@ def run_train(argv: list[str]) -> None:
         from gpt2repro.plan import dry_run_report
 
         report = dry_run_report(cfg)
-        if os.environ.get("RANK", "0") == "0":
+        if dist_info_from_env().is_main:  # under torchrun, one report, not one per rank
             print(report)
         return
     from gpt2repro.train import train
 
     result = train(cfg)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary, not one per rank
+    if dist_info_from_env().is_main:
         _print_summary(result)
     if result.stopped_by == "unstable":
         raise SystemExit(3)
