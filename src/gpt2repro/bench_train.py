@@ -7,10 +7,15 @@ taken side by side. Each variant's own process gives its peak memory.
 
 MFU divides by the matmul rate measured in the same run: the fastest window anywhere in it
 (conservative: a step that ran while the VM's neighbours held the matrix unit is divided by
-a peak measured while they did not) and, beside it, the median window. Pairing each step
-with a matmul window right after it was tried and dropped: 0.3 s windows swing 0.7-2.2
-TFLOP/s from one to the next while the steps around them do not, so the pairs measured
-the windows' noise, not the step.
+a peak measured while they did not) and, beside it, the median window.
+
+Beside those, each step of the variant is bracketed by a short matmul window just before
+and just after it (`bracketed_mfu`). On the 2-core AMX machine the rate a window reads is
+bimodal, ~0.8 TFLOP/s while a neighbour shares the matrix unit and ~2 TFLOP/s while it does
+not, switching every few seconds. Only steps whose two windows agree are kept: those ran in
+one phase throughout, and each phase gets its own MFU against the rate measured around its
+steps. A single window after each step was tried first and dropped: without the agreement
+test the phase switches inside steps made the pairs measure noise.
 """
 
 from __future__ import annotations
@@ -112,6 +117,7 @@ class Variant:
             "measured_peak_tflops": peak / 1e12,
             "measured_median_tflops": typical / 1e12,
             "step_s": self.times,
+            "flops_per_token": self.flops_per_token,
             "peak_memory_gb": peak_memory_bytes(self.device) / 1e9,
             # On CUDA, configure_backends lets fp32 matmuls run as TF32, as training does.
             "tf32_matmuls": self.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32,
@@ -180,6 +186,7 @@ def bench_train(
     Each pairing takes at least `steps` steps and goes on until `min_seconds` have passed, so
     a shape whose steps take a fraction of a second gets enough pairs for a stable median."""
     variants = [("bf16", False)] + ([("fp32", True), ("bf16", True)] if compile else [])
+    device = resolve_device(device_name)
     rows = []
     for shape in shapes:
         if shape not in TRAIN_SHAPES:
@@ -190,14 +197,19 @@ def bench_train(
                 other = _Remote(shape, dtype, comp, device_name)
                 pair_base: list[float] = []
                 pair_other: list[float] = []
+                brackets: list[tuple[float, float, float]] = []
                 t0 = time.perf_counter()
                 while len(pair_base) < steps or time.perf_counter() - t0 < min_seconds:
                     pair_base.append(base.ask("step"))
+                    before = _window(device, dtype)  # measured here while both children wait
                     pair_other.append(other.ask("step"))
+                    brackets.append((before, pair_other[-1], _window(device, dtype)))
                 row = other.close()
                 ratios = [b / o for b, o in zip(pair_base, pair_other, strict=True)]
                 row["speedup_vs_fp32_eager"] = median(ratios)
                 row["speedup_of_median_steps"] = median(pair_base) / median(pair_other)
+                step_flops = row["flops_per_token"] * row["micro_batch"] * row["seq_len"]
+                row["bracketed"] = bracketed_mfu(brackets, step_flops)
                 rows.append(row)
                 print(row, flush=True)
         finally:
@@ -213,12 +225,63 @@ def bench_train(
     }
 
 
+BRACKET_SECONDS = 0.15
+"""Each bracketing window: ~7-17 products of 2048^3 on the AMX machine, short beside a step."""
+
+
+def _window(device: torch.device, dtype: str) -> float:
+    """The matmul rate (TFLOP/s) in the variant's dtype over one short window, now."""
+    from gpt2repro.metrics import measure_matmul_rates
+    from gpt2repro.parallelize import DTYPES
+
+    return measure_matmul_rates(device, DTYPES[dtype], seconds=BRACKET_SECONDS)[0] / 1e12
+
+
+def bracketed_mfu(
+    brackets: list[tuple[float, float, float]],
+    step_flops: float,
+    agree: float = 0.15,
+    bimodal: float = 1.5,
+) -> dict[str, Any]:
+    """MFU per phase from (window before TFLOP/s, step seconds, window after TFLOP/s) triples.
+
+    A step counts when its two windows differ by at most `agree` of the larger: it ran in
+    one phase. When the kept windows span more than `bimodal`x, they are split at the
+    geometric mean of the slowest and fastest into a slow and a fast phase; each phase's MFU
+    is its median step's FLOP/s over the median rate of its windows.
+    """
+    kept = [(step, (a + b) / 2) for a, step, b in brackets if abs(a - b) <= agree * max(a, b)]
+    out: dict[str, Any] = {"steps": len(brackets), "steady_steps": len(kept), "phases": []}
+    if not kept:
+        return out
+    rates = [rate for _, rate in kept]
+    lo, hi = min(rates), max(rates)
+    groups = [kept]
+    if hi > bimodal * lo:
+        cut = (lo * hi) ** 0.5
+        groups = [[k for k in kept if k[1] < cut], [k for k in kept if k[1] >= cut]]
+    for group in groups:
+        step_s = median(step for step, _ in group)
+        window = median(rate for _, rate in group)
+        out["phases"].append(
+            {
+                "steps": len(group),
+                "window_tflops": window,
+                "step_s_median": step_s,
+                "mfu": step_flops / step_s / (window * 1e12),
+            }
+        )
+    out["triples"] = [list(t) for t in brackets]
+    return out
+
+
 def train_targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per shape, the bf16 variant with the best speedup against issue 7's CPU targets.
 
     MFU is against the fastest bf16 matmul window measured anywhere in this run, so a
     variant whose process happened to measure a low peak cannot flatter itself; beside it,
-    against the median window. The speedup is the median of side-by-side step ratios.
+    against the median window, and the MFU of each phase of steady bracketed steps. The
+    speedup is the median of side-by-side step ratios.
     """
     dtypes = {r["dtype"] for r in rows}
     peak = {d: max(r["measured_peak_tflops"] for r in rows if r["dtype"] == d) for d in dtypes}
@@ -242,4 +305,9 @@ def train_targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "meets_mfu_0.40": mfu >= 0.40,
             "meets_speedup_2.5x": speedup >= 2.5,
         }
+        if "bracketed" in best:  # rows from `train_variant` alone have no bracketing windows
+            out[shape]["mfu_by_phase"] = [
+                {k: p[k] for k in ("window_tflops", "steps", "mfu")}
+                for p in best["bracketed"]["phases"]
+            ]
     return out

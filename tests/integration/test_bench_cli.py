@@ -25,6 +25,25 @@ def test_bench_loader_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "ratio_prefetch2_vs_raw" in stdout and f"wrote {out}" in stdout
 
 
+def test_bench_train_command_pairs_steps_and_brackets_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "train.json"
+    args = ["bench", "train", "--shapes", "shakespeare_cpu", "--steps", "2"]
+    args += ["--min-seconds", "0", "--no-compile", "--device", "cpu", "--out", str(out)]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    result = json.loads(out.read_text())
+    base, bf16 = result["rows"]
+    assert (base["dtype"], bf16["dtype"]) == ("fp32", "bf16")
+    assert len(base["step_s"]) == len(bf16["step_s"]) == 2  # taken side by side
+    triples = bf16["bracketed"]["triples"]
+    assert [t[1] for t in triples] == bf16["step_s"] and all(t[0] > 0 and t[2] > 0 for t in triples)
+    target = result["targets"]["shakespeare_cpu"]
+    assert target["best_bf16"] == "compile=False"
+    assert len(target["mfu_by_phase"]) == len(bf16["bracketed"]["phases"])
+
+
 def test_bench_eval_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "eval.json"
     args = ["bench", "eval", "--model", "init:tiny", "--examples", "2", "--batch-size", "2"]

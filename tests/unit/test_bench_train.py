@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpt2repro.bench_train import train_targets, train_variant
+from gpt2repro.bench_train import bracketed_mfu, train_targets, train_variant
 
 
 def row(shape: str, dtype: str, compile: bool, tok_s: float, peak: float, median: float) -> dict:
@@ -52,4 +52,34 @@ def test_train_variant_times_real_steps() -> None:
     assert 0 < r["mfu_vs_measured_peak"] < 1.5
     assert r["measured_median_tflops"] <= r["measured_peak_tflops"]
     assert r["step_s"] == [r["step_s_median"]]
+    assert r["flops_per_token"] > 6 * 4_000_000
     assert r["peak_memory_gb"] > 0
+
+
+def test_bracketed_mfu_drops_steps_that_straddled_a_phase_change_and_splits_phases() -> None:
+    flops = 1e12  # one TFLOP per step: MFU = 1 / (step seconds * window TFLOP/s)
+    slow = [(0.8, 2.5, 0.76), (0.78, 2.6, 0.8), (0.75, 2.4, 0.78)]
+    fast = [(2.0, 1.6, 1.9), (1.95, 1.5, 2.05)]
+    straddled = [(0.8, 1.0, 2.0), (2.0, 2.9, 0.8)]  # must not count in either phase
+    r = bracketed_mfu(slow + straddled + fast, flops)
+    assert (r["steps"], r["steady_steps"]) == (7, 5)
+    low, high = r["phases"]
+    assert low["steps"] == 3 and low["window_tflops"] == pytest.approx(0.78)
+    assert low["mfu"] == pytest.approx(1 / (2.5 * 0.78))
+    assert high["steps"] == 2 and high["window_tflops"] == pytest.approx(1.975)
+    assert high["mfu"] == pytest.approx(1 / (1.55 * 1.975))
+    assert r["triples"][3] == [0.8, 1.0, 2.0]
+
+
+def test_bracketed_mfu_keeps_one_phase_on_a_steady_machine() -> None:
+    r = bracketed_mfu([(1.0, 2.0, 1.05), (1.1, 2.2, 1.0), (0.95, 1.8, 1.0)], 1e12)
+    (phase,) = r["phases"]
+    assert phase["steps"] == 3 and phase["step_s_median"] == pytest.approx(2.0)
+    assert bracketed_mfu([(1.0, 2.0, 2.0)], 1e12)["phases"] == []
+
+
+def test_targets_report_the_best_variants_phases() -> None:
+    best = row("s", "bf16", True, 300.0, 1.0, 0.8)
+    best["bracketed"] = bracketed_mfu([(0.8, 1.0, 0.8), (2.0, 0.5, 2.0)], 1e12)
+    t = train_targets([row("s", "fp32", False, 100.0, 0.3, 0.25), best])["s"]
+    assert [p["mfu"] for p in t["mfu_by_phase"]] == pytest.approx([1.25, 1.0])
