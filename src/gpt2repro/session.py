@@ -183,10 +183,8 @@ def check_sample_prompt(cfg: TrainConfig, tokenizer: Tokenizer) -> None:
         )
 
 
-def prepare_run_dir(
-    cfg: TrainConfig, device: torch.device, dist: DistInfo, config_json: str
-) -> None:
-    """Move an earlier run aside (rank 0; the others wait), then write this run's records."""
+def prepare_run_dir(cfg: TrainConfig, dist: DistInfo) -> None:
+    """Move an earlier run aside (rank 0; the others wait) and make the run directory."""
     run_dir = cfg.run.out_dir
     if dist.is_main:
         if previous_run(cfg):
@@ -197,11 +195,17 @@ def prepare_run_dir(
                 flush=True,
             )
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(config_json + "\n")
-        (run_dir / "environment.json").write_text(
-            json.dumps(environment_record(device, dist), indent=2) + "\n"
-        )
     wait_for_main(dist)  # no rank looks into run_dir before the move
+
+
+def write_run_records(s: Session) -> None:
+    """config.json and environment.json (rank 0). Called once the run has started: a resume
+    that is refused must leave the records of the run it would have continued as they were."""
+    if s.dist.is_main:
+        (s.run_dir / "config.json").write_text(s.config_json + "\n")
+        (s.run_dir / "environment.json").write_text(
+            json.dumps(environment_record(s.device, s.dist), indent=2) + "\n"
+        )
 
 
 def open_session(cfg: TrainConfig) -> Session:
@@ -245,7 +249,7 @@ def open_session(cfg: TrainConfig) -> Session:
         seed_everything(cfg.run.seed + dist.rank)
     run_dir = cfg.run.out_dir
     config_json = json.dumps(asdict(cfg), indent=2, default=str)
-    prepare_run_dir(cfg, device, dist, config_json)
+    prepare_run_dir(cfg, dist)
     wandb = cfg.log.wandb_project if cfg.log.wandb else None
     writer = MetricsWriter(
         run_dir, cfg.log.tensorboard and dist.is_main, wandb if dist.is_main else None, asdict(cfg)

@@ -37,7 +37,7 @@ from gpt2repro.parallelize import (
 )
 from gpt2repro.plot import plot_loss
 from gpt2repro.sampling import SamplingConfig, generate
-from gpt2repro.session import Session, open_session
+from gpt2repro.session import Session, open_session, write_run_records
 
 
 @dataclass
@@ -324,6 +324,7 @@ def start(s: Session) -> tuple[TokenLoader, TrainState, Path | None]:
     )
     source = resume_source(s)
     state = resume(s, loader, source) if source is not None else TrainState()
+    write_run_records(s)
     if s.dist.is_main:
         s.writer.truncate_after(state.step)
         moved = ckpt.set_aside_after(s.run_dir / "checkpoints", state.step)

@@ -254,6 +254,25 @@ def test_real_prepare_then_train_by_name(corpus: SimpleNamespace, tmp_path: Path
     assert train_module.train(cfg).state.step == 2
 
 
+@pytest.mark.parametrize("change", ["model", "micro_batch"])
+def test_refused_resume_leaves_the_runs_records_as_they_were(
+    corpus: SimpleNamespace, tmp_path: Path, change: str
+) -> None:
+    run = tmp_path / "run"
+    cfg = finished_run(corpus, run, steps=3)
+    before = snapshot(run)
+    cfg.checkpoint.resume, cfg.run.max_steps = "auto", 6
+    if change == "model":
+        cfg.model.n_embd *= 2
+        refusal = r"the checkpoint's model differs from this run's \(n_embd 32 -> 64\)"
+    else:
+        cfg.batch.micro_batch *= 2
+        refusal = r"Cannot resume the data order exactly: batch_size 4 -> 8"
+    with pytest.raises(ValueError, match=refusal):
+        train_module.train(cfg)
+    assert snapshot(run) == before  # config.json and environment.json included
+
+
 @pytest.mark.parametrize("damaged", ["model.safetensors", "train_state.pt"])
 def test_damaged_newest_checkpoint_names_the_file_and_an_older_one(
     corpus: SimpleNamespace, tmp_path: Path, damaged: str
