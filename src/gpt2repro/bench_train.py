@@ -118,6 +118,7 @@ class Variant:
             "measured_median_tflops": typical / 1e12,
             "step_s": self.times,
             "flops_per_token": self.flops_per_token,
+            "windows_tflops": [r / 1e12 for r in rates],
             "peak_memory_gb": peak_memory_bytes(self.device) / 1e9,
             # On CUDA, configure_backends lets fp32 matmuls run as TF32, as training does.
             "tf32_matmuls": self.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32,
@@ -210,6 +211,7 @@ def bench_train(
                 row["speedup_of_median_steps"] = median(pair_base) / median(pair_other)
                 step_flops = row["flops_per_token"] * row["micro_batch"] * row["seq_len"]
                 row["bracketed"] = bracketed_mfu(brackets, step_flops)
+                fold_bracket_windows(row, brackets)
                 rows.append(row)
                 print(row, flush=True)
         finally:
@@ -235,6 +237,18 @@ def _window(device: torch.device, dtype: str) -> float:
     from gpt2repro.parallelize import DTYPES
 
     return measure_matmul_rates(device, DTYPES[dtype], seconds=BRACKET_SECONDS)[0] / 1e12
+
+
+def fold_bracket_windows(row: dict[str, Any], brackets: list[tuple[float, float, float]]) -> None:
+    """Count the bracketing windows among the row's matmul windows: its peak (and so its MFU)
+    and median come from every window measured for it, not only the ones after its last step,
+    which may all have fallen in the slow phase."""
+    windows = row["windows_tflops"] + [w for a, _, b in brackets for w in (a, b)]
+    row["measured_peak_tflops"] = max(windows)
+    row["measured_median_tflops"] = median(windows)
+    row["mfu_vs_measured_peak"] = (
+        row["tokens_per_s"] * row["flops_per_token"] / (row["measured_peak_tflops"] * 1e12)
+    )
 
 
 def bracketed_mfu(

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from gpt2repro.bench_train import bracketed_mfu, train_targets, train_variant
+from gpt2repro.bench_train import (
+    bracketed_mfu,
+    fold_bracket_windows,
+    train_targets,
+    train_variant,
+)
 
 
 def row(shape: str, dtype: str, compile: bool, tok_s: float, peak: float, median: float) -> dict:
@@ -83,3 +88,14 @@ def test_targets_report_the_best_variants_phases() -> None:
     best["bracketed"] = bracketed_mfu([(0.8, 1.0, 0.8), (2.0, 0.5, 2.0)], 1e12)
     t = train_targets([row("s", "fp32", False, 100.0, 0.3, 0.25), best])["s"]
     assert [p["mfu"] for p in t["mfu_by_phase"]] == pytest.approx([1.25, 1.0])
+
+
+def test_bracketing_windows_count_towards_the_rows_peak() -> None:
+    r = row("s", "bf16", True, 600.0, 0.8, 0.75)  # its closing windows all fell in a slow phase
+    r |= {"flops_per_token": 1e9, "windows_tflops": [0.8, 0.7, 0.75]}
+    fold_bracket_windows(r, [(0.7, 5.0, 2.0), (1.9, 4.0, 0.8)])
+    assert r["measured_peak_tflops"] == 2.0
+    assert r["measured_median_tflops"] == pytest.approx(0.8)
+    assert r["mfu_vs_measured_peak"] == pytest.approx(0.6 / 2.0)
+    t = train_targets([row("s", "fp32", False, 100.0, 0.3, 0.25), r])["s"]
+    assert t["mfu_vs_run_bf16_peak"] == pytest.approx(0.3)
