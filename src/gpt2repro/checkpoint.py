@@ -358,11 +358,12 @@ def restore_train_checkpoint(
     state = load_train_state(path)
     restore_optimizer(optimizer, state["optimizer"])
     scaler.load_state_dict(state["scaler"])
-    per_rank = state.get("rng_per_rank")
-    if per_rank is not None and len(per_rank) == dist.world_size:
+    per_rank = state.get("rng_per_rank") or [state["rng"]]
+    if dist.rank < len(per_rank):
         set_rng_state(per_rank[dist.rank])
-    else:
+    else:  # a rank the saving run did not have: a stream of its own, not rank 0's masks again
         set_rng_state(state["rng"])
+        torch.manual_seed(int(torch.randint(2**62, ())) + dist.rank)
     return meta
 
 

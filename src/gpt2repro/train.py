@@ -165,8 +165,10 @@ def resume(s: Session, loader: TokenLoader, source: Path) -> TrainState:
         meta = ckpt.restore_train_checkpoint(source, s.model, s.optimizer, s.scaler, s.dist)
     except ckpt.DamagedCheckpoint as e:  # every rank reads the same files, so all raise
         raise ckpt.DamagedCheckpoint(f"{e} {ckpt.fallback_advice(source)}") from None
-    loader.load_state_dict(meta["loader"])
+    note = loader.load_state_dict(meta["loader"])
     print0(s.dist, f"resumed from {source} at step {meta['step']}")
+    if note:
+        print0(s.dist, f"note: {note}")
     return TrainState(**meta["train_state"])
 
 

@@ -1,5 +1,6 @@
 """Two ranks with micro-batch B/2 train exactly like one process with B, under DDP and FSDP;
-FSDP resumes bit for bit; two nodes (localhost) rendezvous over c10d and train."""
+FSDP resumes bit for bit; a run resumes on another number of ranks; two nodes (localhost)
+rendezvous over c10d and train."""
 
 from __future__ import annotations
 
@@ -107,6 +108,30 @@ def test_fsdp_resume_is_bit_exact(
     assert all(resumed[k] == straight[k] for k in resumed), (resumed, straight)
     a, b = weights(runs.fsdp, STEPS), weights(tmp_path / "resumed", STEPS)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(("saved_by", "resumed_as"), [("ddp", "single"), ("single", "ddp")])
+def test_resume_on_another_number_of_ranks(
+    runs: SimpleNamespace, corpus: SimpleNamespace, tmp_path: Path, saved_by: str, resumed_as: str
+) -> None:
+    """A two-rank run resumed in one process (a node lost), and the other way round: the
+    global data order goes on, so the remaining steps match the uninterrupted runs."""
+    source = tmp_path / "step_000004"
+    shutil.copytree(getattr(runs, saved_by) / "checkpoints" / "step_000004", source)
+    out_dir = tmp_path / "resumed"
+    if resumed_as == "single":
+        out = finish(single(train_args(corpus, out_dir, **{"checkpoint.resume": source})))
+        note = "micro-batch 2 x 2 rank(s) -> 4 x 1"
+    else:
+        args = train_args(corpus, out_dir, **{"batch.micro-batch": 2, "checkpoint.resume": source})
+        out = finish(torchrun(args))
+        note = "micro-batch 4 x 1 rank(s) -> 2 x 2"
+    assert "at step 4" in out and out.count(note) == 1, out[-2000:]
+    resumed = metrics(out_dir)
+    assert sorted(resumed) == list(range(5, STEPS + 1))
+    for straight in (metrics(runs.single), metrics(runs.ddp)):
+        assert max(abs(resumed[k] - straight[k]) for k in resumed) < TOL, (resumed, straight)
+    assert max_abs_diff(weights(runs.single, STEPS), weights(out_dir, STEPS)) < TOL
 
 
 def test_two_nodes_over_c10d(

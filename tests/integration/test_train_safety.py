@@ -254,7 +254,7 @@ def test_real_prepare_then_train_by_name(corpus: SimpleNamespace, tmp_path: Path
     assert train_module.train(cfg).state.step == 2
 
 
-@pytest.mark.parametrize("change", ["model", "micro_batch"])
+@pytest.mark.parametrize("change", ["model", "seq_len"])
 def test_refused_resume_leaves_the_runs_records_as_they_were(
     corpus: SimpleNamespace, tmp_path: Path, change: str
 ) -> None:
@@ -266,11 +266,33 @@ def test_refused_resume_leaves_the_runs_records_as_they_were(
         cfg.model.n_embd *= 2
         refusal = r"the checkpoint's model differs from this run's \(n_embd 32 -> 64\)"
     else:
-        cfg.batch.micro_batch *= 2
-        refusal = r"Cannot resume the data order exactly: batch_size 4 -> 8"
+        cfg.batch.seq_len //= 2
+        refusal = r"Cannot resume the data order: seq_len 32 -> 16"
     with pytest.raises(ValueError, match=refusal):
         train_module.train(cfg)
     assert snapshot(run) == before  # config.json and environment.json included
+
+
+def test_resume_with_another_micro_batch_trains_on_the_same_windows(
+    corpus: SimpleNamespace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Micro-batch 4 x 2 accumulation steps, resumed at step 3 as 2 x 4: the same windows
+    make each optimizer step, so the losses are the uninterrupted run's (summation order aside)."""
+    straight = tiny_config(corpus, tmp_path / "straight", steps=6)
+    straight.model.dropout, straight.log.tensorboard = 0.0, False  # masks depend on the shapes
+    train_module.train(straight)
+    cfg = tiny_config(corpus, tmp_path / "resumed", steps=6)
+    cfg.model.dropout, cfg.log.tensorboard, cfg.batch.micro_batch = 0.0, False, 2
+    cfg.checkpoint.resume = str(tmp_path / "straight" / "checkpoints" / "step_000003")
+    capsys.readouterr()
+    train_module.train(cfg)
+    assert (
+        "note: data: micro-batch 4 x 1 rank(s) -> 2 x 1; epoch 0 goes on" in capsys.readouterr().out
+    )
+    a = {r["step"]: r["loss"] for r in rows(tmp_path / "straight") if r["kind"] == "train"}
+    b = {r["step"]: r["loss"] for r in rows(tmp_path / "resumed") if r["kind"] == "train"}
+    assert sorted(b) == [4, 5, 6]
+    assert all(abs(a[k] - b[k]) < 1e-5 for k in b), (a, b)
 
 
 @pytest.mark.parametrize("damaged", ["model.safetensors", "train_state.pt"])

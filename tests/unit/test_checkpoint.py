@@ -22,6 +22,7 @@ from gpt2repro.checkpoint import (
     save_train_checkpoint,
     set_rng_state,
 )
+from gpt2repro.distributed import DistInfo
 from gpt2repro.model import GPT
 from gpt2repro.tokenizer import GPT2Tokenizer
 
@@ -125,6 +126,28 @@ def test_train_checkpoint_resumes_exactly(tiny_model: GPT, tmp_path: Path) -> No
         tiny_model.state_dict().items(), model.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b), name
+
+
+def test_a_rank_the_saving_run_did_not_have_draws_its_own_stream(
+    tiny_model: GPT, tmp_path: Path
+) -> None:
+    """A one-process checkpoint resumed on two ranks: rank 0 continues the saved generator,
+    rank 1 gets a different (but reproducible) one, not a copy of rank 0's dropout masks."""
+    optimizer = torch.optim.AdamW(tiny_model.parameters())
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    path = save_train_checkpoint(
+        tmp_path / "ck", tiny_model, GPT2Tokenizer(), optimizer, scaler, {"step": 0}
+    )
+    draws = {}
+    for rank in (0, 1, 1):
+        model = GPT(tiny_model.config)
+        opt = torch.optim.AdamW(model.parameters())
+        restore_train_checkpoint(path, model, opt, scaler, DistInfo(rank=rank, world_size=2))
+        draw = torch.rand(4)
+        assert torch.equal(draws.setdefault(rank, draw), draw)  # the same on every attempt
+    set_rng_state(load_train_state(path)["rng"])
+    assert torch.equal(draws[0], torch.rand(4))
+    assert not torch.equal(draws[0], draws[1])
 
 
 def test_resume_refuses_a_different_model(tiny_model: GPT, tmp_path: Path) -> None:

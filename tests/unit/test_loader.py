@@ -175,16 +175,67 @@ def test_close_stops_the_prefetch_thread(data: Path) -> None:
     assert x.shape == (2, T)
 
 
-def test_state_from_another_setup_is_refused(data: Path) -> None:
+def test_state_from_another_dataset_or_length_is_refused(data: Path) -> None:
     with TokenLoader(data, "train", 4, T) as loader:
         state = loader.state_dict()
     with (
-        TokenLoader(data, "train", 2, T) as other,
-        pytest.raises(ValueError, match="batch_size 4 -> 2"),
+        TokenLoader(data, "train", 4, T // 2) as other,
+        pytest.raises(ValueError, match=f"seq_len {T} -> {T // 2}"),
     ):
         other.load_state_dict(state)
     with TokenLoader(data, "train", 4, T) as other, pytest.raises(ValueError, match="lacks epoch"):
         other.load_state_dict({"batch": 0})
+    with TokenLoader(data, "train", 4, T) as other, pytest.raises(ValueError, match="out of range"):
+        other.load_state_dict(state | {"batch": 10})  # 41 windows: batches 0-9 of 4
+
+
+def global_order(
+    data: Path, batch_size: int, world_size: int, rounds: int, state: dict[str, int] | None = None
+) -> tuple[list[int], dict[str, int], list[str | None]]:
+    """First tokens of the windows the ranks of one setup take in `rounds` global rounds,
+    rank 0's batch first; with `state`, after every rank resumed from it. Also the notes."""
+    firsts: list[int] = []
+    loaders = [
+        TokenLoader(data, "train", batch_size, T, rank=r, world_size=world_size, seed=5)
+        for r in range(world_size)
+    ]
+    notes = [loader.load_state_dict(state) for loader in loaders] if state else []
+    for _ in range(rounds):
+        for loader in loaders:
+            firsts += loader.next_batch()[0][:, 0].tolist()
+    states = [loader.state_dict() for loader in loaders]
+    for loader in loaders:
+        loader.close()
+    assert all(st == states[0] | {"batch": st["batch"]} for st in states)
+    return firsts, states[0], notes
+
+
+@pytest.mark.parametrize(
+    ("before", "after"), [((2, 2), (4, 1)), ((4, 1), (1, 2)), ((1, 4), (2, 2))]
+)
+def test_another_world_size_or_micro_batch_goes_on_with_the_same_windows(
+    data: Path, before: tuple[int, int], after: tuple[int, int]
+) -> None:
+    """The resumed setup continues the global order from the window the other one reached."""
+    per_before, per_after = before[0] * before[1], after[0] * after[1]
+    straight, _, _ = global_order(data, *before, rounds=36 // per_before)  # of 40 windows
+    done, state, _ = global_order(data, *before, rounds=12 // per_before)
+    rest, _, notes = global_order(data, *after, rounds=24 // per_after, state=state)
+    assert done + rest == straight
+    assert notes[0] == notes[-1] and f"-> {after[0]} x {after[1]}" in notes[0]
+    assert "skipped" not in notes[0]
+    _, _, same = global_order(data, *before, rounds=1, state=state)
+    assert same == [None] * before[1]  # the same setup: nothing to say
+
+
+def test_a_round_that_does_not_divide_skips_less_than_one_round(data: Path) -> None:
+    straight, _, _ = global_order(data, 1, 1, rounds=40)
+    _, state, _ = global_order(data, 3, 1, rounds=2)  # 6 windows consumed
+    rest, _, (note,) = global_order(data, 4, 1, rounds=2, state=state)
+    assert rest == straight[8:16] and "window 8 of its order (2 skipped" in note
+    _, state, _ = global_order(data, 1, 1, rounds=39)  # 39 of 41: no full round of 4 left
+    rest, after, _ = global_order(data, 4, 1, rounds=1, state=state)
+    assert after["epoch"] == 1 and rest != straight[:4]  # the next epoch, shuffled anew
 
 
 def test_bad_arguments_and_too_small_splits(data: Path) -> None:

@@ -10,7 +10,8 @@ stays in order (no periodic loss), and each epoch is shuffled differently. Rank 
 takes, for its k-th batch of the epoch, windows perm[(k*W + r)*B : (k*W + r + 1)*B]: ranks
 are disjoint and together cover the epoch up to the dropped last partial global batch.
 The state is the position of the next batch to *return* (not to prefetch), so a run
-restored with `load_state_dict` sees exactly the batches it would have seen.
+restored with `load_state_dict` sees exactly the batches it would have seen, also on
+another number of ranks or with another micro-batch (same global order, same windows).
 
 Evaluation (`eval_batches`): the same windows in order, no shuffle, split across ranks.
 """
@@ -250,8 +251,17 @@ class TokenLoader:
             "windows": self.windows.total,
         }
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue from `state` (from `state_dict()` of any rank of the same setup)."""
+    def load_state_dict(self, state: dict[str, int]) -> str | None:
+        """Continue from `state` (from `state_dict()` of any rank).
+
+        The same setup continues exactly. Another micro-batch size or world size (a run
+        resumed on fewer GPUs) continues the same global order from the same window: global
+        round k is perm[k*W*B : (k+1)*W*B] whatever W and B, so with the same tokens per
+        optimizer step every step sees the windows it would have seen. When the windows
+        consumed this epoch are not a multiple of the new W*B, it goes on from the next
+        multiple, skipping fewer than one global batch of this epoch. Returns a note that
+        says what changed, or None.
+        """
         missing = [k for k in STATE_KEYS if k not in state]
         if missing:
             raise ValueError(
@@ -260,26 +270,38 @@ class TokenLoader:
         mine = self.state_dict()
         changed = [
             f"{k} {state[k]} -> {mine[k]}"
-            for k in ("batch_size", "seq_len", "world_size", "windows")
+            for k in ("seq_len", "windows")
             if int(state[k]) != mine[k]
         ]
         if changed:
             raise ValueError(
-                "Cannot resume the data order exactly: " + ", ".join(changed) + ". Resume with the "
-                "same batch size, sequence length, world size and dataset, or start a new run."
+                "Cannot resume the data order: " + ", ".join(changed) + ". Resume with the "
+                "same sequence length and dataset, or start a new run."
             )
-        if not 0 <= int(state["batch"]) < self.batches_per_epoch or int(state["epoch"]) < 0:
-            raise ValueError(
-                f"Loader state position {state['epoch']}:{state['batch']} is out of range."
+        epoch, batch = int(state["epoch"]), int(state["batch"])
+        old_b, old_w = int(state["batch_size"]), int(state["world_size"])
+        if old_b < 1 or old_w < 1 or not 0 <= batch < self.windows.total // (old_b * old_w):
+            raise ValueError(f"Loader state position {epoch}:{batch} is out of range.")
+        if epoch < 0:
+            raise ValueError(f"Loader state position {epoch}:{batch} is out of range.")
+        note = None
+        if (old_b, old_w) != (self.batch_size, self.world_size):
+            consumed, per_round = batch * old_b * old_w, self.batch_size * self.world_size
+            batch = -(-consumed // per_round)  # the first round that starts at or after it
+            skipped = batch * per_round - consumed
+            note = (
+                f"data: micro-batch {old_b} x {old_w} rank(s) -> {self.batch_size} x "
+                f"{self.world_size}; epoch {epoch} goes on from window {consumed + skipped} "
+                f"of its order"
+                + (f" ({skipped} skipped: not a multiple of {per_round})" if skipped else "")
             )
+            if batch >= self.batches_per_epoch:
+                epoch, batch = epoch + 1, 0
         self.close()
-        self.seed, self._epoch, self._batch = (
-            int(state["seed"]),
-            int(state["epoch"]),
-            int(state["batch"]),
-        )
+        self.seed, self._epoch, self._batch = int(state["seed"]), epoch, batch
         self._perm = None
         self._start()
+        return note
 
     def close(self) -> None:
         """Stop the prefetch thread (next_batch keeps working, without prefetch, after this)."""
