@@ -253,7 +253,10 @@ class GPT(nn.Module):
             cache.pos += T
         x = self.transformer.ln_f(x)
         if targets is None:
-            # Slice off the padded rows so they never receive probability mass.
-            return self.lm_head(x)[..., : self.config.vocab_size]  # (B, T, vocab_size)
+            # Only the real rows: padded ones never receive probability mass. Slicing the
+            # weight, not the logits, returns a tensor of its own (FSDP warns of a view
+            # output, as an in-place op on it would skip its backward hook) and skips the
+            # padded rows' work.
+            return F.linear(x, self.lm_head.weight[: self.config.vocab_size])  # (B, T, vocab)
         # Chunked: the (B*T, vocab) fp32 logits of a micro-batch are never materialised.
         return self.head_loss(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(B * T))

@@ -77,6 +77,8 @@ def test_padded_rows_get_no_probability(tiny_model: GPT) -> None:
     logits = tiny_model(torch.randint(0, 97, (2, 8)))
     assert tiny_model.config.padded_vocab_size == 128
     assert logits.shape == (2, 8, 97)
+    # A tensor of its own, not a view of padded logits: FSDP warns of view outputs.
+    assert logits._base is None and logits.is_contiguous()
     loss = tiny_model(torch.randint(0, 97, (2, 8)), torch.randint(0, 97, (2, 8)))
     loss.backward()
     grad = tiny_model.transformer.wte.weight.grad
