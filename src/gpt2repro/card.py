@@ -116,21 +116,41 @@ def write_card(
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
         raise FileNotFoundError(f"{checkpoint}: no such checkpoint or model directory.")
+    default_dir = checkpoint.with_name(checkpoint.name + "-hf")
     if export_dir is None:
         is_export = (checkpoint / CONFIG_FILE).is_file() and not ckpt.is_checkpoint(checkpoint)
-        export_dir = checkpoint if is_export else checkpoint.with_name(checkpoint.name + "-hf")
+        export_dir = checkpoint if is_export else default_dir
     loaded = load_source(str(checkpoint))
+    source = str(checkpoint.resolve())
+    spec = loaded.tokenizer.spec
     if not (export_dir / CONFIG_FILE).is_file():
-        export_hf(loaded.model, export_dir, tokenizer_spec=loaded.tokenizer.spec)
+        export_hf(loaded.model, export_dir, tokenizer_spec=spec, source=source)
     elif export_dir != checkpoint and not _same_weights(loaded.model, export_dir):
+        if not _exported_from(export_dir, source, export_dir == default_dir):
+            raise FileExistsError(
+                f"{export_dir} holds an export of other weights, not of {checkpoint}; a card "
+                f"never replaces it. Pass a new --export-dir, or replace that export first: "
+                f"gpt2repro export {checkpoint} {export_dir} --overwrite"
+            )
         # An export of an earlier state of this checkpoint (e.g. `best` before more
         # training): replace it, and the results evaluated on it go with it.
-        export_hf(loaded.model, export_dir, tokenizer_spec=loaded.tokenizer.spec, overwrite=True)
+        export_hf(loaded.model, export_dir, tokenizer_spec=spec, overwrite=True, source=source)
     info = gather(checkpoint, loaded, export_dir, name)
     info.license = license
     readme = export_dir / "README.md"
     readme.write_text(render_card(info), encoding="utf-8")
     return readme
+
+
+def _exported_from(export_dir: Path, source: str, default_dir: bool) -> bool:
+    """Whether `export_dir` was exported from `source` (exports that predate the record
+    count as ours only in the checkpoint's own `-hf` folder)."""
+    from gpt2repro.pretrained import SIDECAR_FILE
+
+    if not (export_dir / SIDECAR_FILE).is_file():
+        return False  # not an export of ours at all
+    recorded = json.loads((export_dir / SIDECAR_FILE).read_text()).get("source")
+    return recorded == source or (recorded is None and default_dir)
 
 
 def _same_weights(model: torch.nn.Module, export_dir: Path) -> bool:

@@ -332,7 +332,11 @@ def run_export(args: ExportArgs) -> None:
     seed_everything(args.seed)
     loaded = load_source(args.model)
     spec = loaded.tokenizer.spec
-    path = export_hf(loaded.model, args.out_dir, tokenizer_spec=spec, overwrite=args.overwrite)
+    local = Path(args.model)
+    source = str(local.resolve()) if local.exists() else args.model
+    path = export_hf(
+        loaded.model, args.out_dir, tokenizer_spec=spec, overwrite=args.overwrite, source=source
+    )
     print(f"Exported {args.model} to {path} (load with GPT2LMHeadModel.from_pretrained).")
 
 

@@ -47,7 +47,12 @@ _GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")
 
 
 def export_hf(
-    model: GPT, out_dir: Path | str, tokenizer_spec: str | None = None, *, overwrite: bool = False
+    model: GPT,
+    out_dir: Path | str,
+    tokenizer_spec: str | None = None,
+    *,
+    overwrite: bool = False,
+    source: str | None = None,
 ) -> Path:
     """Write `model` as a transformers GPT-2 directory and return its path.
 
@@ -55,6 +60,7 @@ def export_hf(
     same function, loadable by transformers, and `load_hf` turns it back into `bias=False`.
     The directory appears complete or not at all: files go to a hidden sibling that is
     renamed into place, so a killed export never leaves a directory that looks valid.
+    `source` (what was exported, e.g. a checkpoint's resolved path) is recorded beside it.
     """
     out_dir = Path(out_dir)
     check_export_dir(out_dir, overwrite)
@@ -82,6 +88,8 @@ def export_hf(
         eot = load_tokenizer(str(tokenizer_file)).eot_id
     hf_config = _hf_config(config, tensors[_WTE].dtype, eot)
     sidecar = dict(version=SIDECAR_VERSION, tokenizer=tokenizer_spec, bias=config.bias)
+    if source is not None:
+        sidecar["source"] = source
 
     with atomic_directory(out_dir) as tmp:
         # transformers refuses safetensors files without format metadata.

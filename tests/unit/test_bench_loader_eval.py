@@ -156,3 +156,28 @@ def test_bench_eval_reports_rates_and_agreement(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="examples=0"):
         bench_eval("init:tiny", examples=0)
+
+
+def test_bench_shakespeare_gives_the_baseline_our_training_time_at_most(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The step-time probe only sizes the schedule; the time limit holds the budget."""
+    import gpt2repro.train as train_module
+    from gpt2repro.bench import BASELINE_TIME_SLACK, bench_shakespeare
+    from gpt2repro.train import RunResult, TrainState
+
+    seen = []
+
+    def fake_train(cfg):  # type: ignore[no-untyped-def]
+        seen.append(cfg)
+        seconds = {"shakespeare_cpu": 300.0}.get(cfg.run.out_dir.name, 0.03 * cfg.run.max_steps)
+        state = TrainState(step=cfg.run.max_steps, train_seconds=seconds)
+        return RunResult(cfg.run.out_dir, state, {"loss": 1.0, "bpb": 2.0}, "finished", None)
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    result = bench_shakespeare(tmp_path, calibration_steps=10)
+    _, probe, base = seen
+    assert probe.run.max_steps == 10
+    assert base.run.max_steps == 10_000  # 300 s at the probe's 0.03 s a step
+    assert base.run.max_minutes == pytest.approx(BASELINE_TIME_SLACK * 300 / 60)
+    assert result["train_seconds_ratio"] == pytest.approx(1.0)

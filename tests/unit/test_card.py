@@ -117,6 +117,25 @@ def test_a_second_card_follows_the_checkpoint_not_an_old_export(checkpoint: Path
     assert "- optimizer steps: 150" in text and "0.5000" not in text  # old results gone too
 
 
+def test_a_card_never_replaces_the_export_of_another_model(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    other = save_checkpoint(
+        tmp_path / "other",
+        GPT(GPTConfig(vocab_size=50257, block_size=64, n_layer=2, n_head=2, n_embd=32)),
+        GPT2Tokenizer(),
+        {"step": 5},
+    )
+    target = tmp_path / "published"
+    write_card(other, export_dir=target)
+    (target / "my_notes.txt").write_text("keep me")
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    with pytest.raises(FileExistsError, match="holds an export of other weights"):
+        write_card(checkpoint, export_dir=target)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert json.loads((target / "gpt2repro.json").read_text())["source"] == str(other.resolve())
+
+
 def test_card_for_an_export_and_the_command(checkpoint: Path, tmp_path: Path) -> None:
     export = tmp_path / "exported"
     readme = run_card(CardArgs(checkpoint, export_dir=export, name="tiny", license="apache-2.0"))

@@ -216,11 +216,12 @@ def global_order(
 def test_another_world_size_or_micro_batch_goes_on_with_the_same_windows(
     data: Path, before: tuple[int, int], after: tuple[int, int]
 ) -> None:
-    """The resumed setup continues the global order from the window the other one reached."""
+    """The resumed setup continues the global order from the window the other one reached,
+    across epoch ends too (each epoch uses the same 40 of its 41 windows either way)."""
     per_before, per_after = before[0] * before[1], after[0] * after[1]
-    straight, _, _ = global_order(data, *before, rounds=36 // per_before)  # of 40 windows
+    straight, _, _ = global_order(data, *before, rounds=88 // per_before)  # into epoch 2
     done, state, _ = global_order(data, *before, rounds=12 // per_before)
-    rest, _, notes = global_order(data, *after, rounds=24 // per_after, state=state)
+    rest, _, notes = global_order(data, *after, rounds=76 // per_after, state=state)
     assert done + rest == straight
     assert notes[0] == notes[-1] and f"-> {after[0]} x {after[1]}" in notes[0]
     assert "skipped" not in notes[0]
@@ -229,13 +230,18 @@ def test_another_world_size_or_micro_batch_goes_on_with_the_same_windows(
 
 
 def test_a_round_that_does_not_divide_skips_less_than_one_round(data: Path) -> None:
-    straight, _, _ = global_order(data, 1, 1, rounds=40)
+    straight, _, _ = global_order(data, 3, 1, rounds=26)  # 13 rounds of 3 an epoch: 39 of 41
     _, state, _ = global_order(data, 3, 1, rounds=2)  # 6 windows consumed
-    rest, _, (note,) = global_order(data, 4, 1, rounds=2, state=state)
-    assert rest == straight[8:16] and "window 8 of its order (2 skipped" in note
+    rest, after, (note,) = global_order(data, 4, 1, rounds=8, state=state)
+    assert "epoch 0 goes on from window 8 of its order (2 skipped" in note
+    assert "each epoch's last 3 of its 39 windows go unused" in note
+    assert rest[:28] == straight[8:36]  # rounds 2-8 of 4 end at window 36 of the 39 ...
+    assert rest[28:] == straight[39:43]  # ... and epoch 1 starts anew
+    assert after["epoch_windows"] == 39  # kept for the next resume
     _, state, _ = global_order(data, 1, 1, rounds=39)  # 39 of 41: no full round of 4 left
-    rest, after, _ = global_order(data, 4, 1, rounds=1, state=state)
-    assert after["epoch"] == 1 and rest != straight[:4]  # the next epoch, shuffled anew
+    _, after, (note,) = global_order(data, 4, 1, rounds=0, state=state)
+    assert (after["epoch"], after["batch"]) == (1, 0)
+    assert "epoch 1 goes on from window 0 of its order (2 skipped" in note
 
 
 def test_bad_arguments_and_too_small_splits(data: Path) -> None:

@@ -8,7 +8,8 @@ Training (`TokenLoader`): epoch e is a permutation of all windows of all shards 
 numpy's generator seeded by (seed, e), so every window appears once per epoch, no shard
 stays in order (no periodic loss), and each epoch is shuffled differently. Rank r of W
 takes, for its k-th batch of the epoch, windows perm[(k*W + r)*B : (k*W + r + 1)*B]: ranks
-are disjoint and together cover the epoch up to the dropped last partial global batch.
+are disjoint and together cover the epoch up to the dropped last partial global batch
+(how many windows an epoch uses is fixed when a run starts and kept across resumes).
 The state is the position of the next batch to *return* (not to prefetch), so a run
 restored with `load_state_dict` sees exactly the batches it would have seen, also on
 another number of ranks or with another micro-batch (same global order, same windows).
@@ -143,7 +144,12 @@ class TokenLoader:
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.device = torch.device(device)
         self.pin = self.device.type == "cuda"
-        self.batches_per_epoch = self.windows.total // (batch_size * world_size)
+        # Windows each epoch uses: its order's first `epoch_windows`. Fixed at a run's start
+        # and kept by `load_state_dict`, so epochs end at the same window on any layout.
+        self.epoch_windows = (
+            self.windows.total // (batch_size * world_size) * batch_size * world_size
+        )
+        self.batches_per_epoch = self.epoch_windows // (batch_size * world_size)
         if self.batches_per_epoch == 0:
             raise ValueError(
                 f"The {self.windows.name} has {self.windows.total} windows of seq_len + 1 = "
@@ -249,6 +255,7 @@ class TokenLoader:
             "seq_len": self.seq_len,
             "world_size": self.world_size,
             "windows": self.windows.total,
+            "epoch_windows": self.epoch_windows,
         }
 
     def load_state_dict(self, state: dict[str, int]) -> str | None:
@@ -256,11 +263,12 @@ class TokenLoader:
 
         The same setup continues exactly. Another micro-batch size or world size (a run
         resumed on fewer GPUs) continues the same global order from the same window: global
-        round k is perm[k*W*B : (k+1)*W*B] whatever W and B, so with the same tokens per
-        optimizer step every step sees the windows it would have seen. When the windows
-        consumed this epoch are not a multiple of the new W*B, it goes on from the next
-        multiple, skipping fewer than one global batch of this epoch. Returns a note that
-        says what changed, or None.
+        round k is perm[k*W*B : (k+1)*W*B] whatever W and B, and every epoch still uses the
+        first `epoch_windows` of its order (set by the run's first layout), so with the same
+        tokens per optimizer step every step sees the windows it would have seen. When the
+        windows consumed this epoch are not a multiple of the new W*B, it goes on from the
+        next multiple (fewer than one round skipped); when `epoch_windows` is not, each
+        epoch's last partial round goes unused. Returns a note that says what changed, or None.
         """
         missing = [k for k in STATE_KEYS if k not in state]
         if missing:
@@ -280,23 +288,38 @@ class TokenLoader:
             )
         epoch, batch = int(state["epoch"]), int(state["batch"])
         old_b, old_w = int(state["batch_size"]), int(state["world_size"])
-        if old_b < 1 or old_w < 1 or not 0 <= batch < self.windows.total // (old_b * old_w):
+        if old_b < 1 or old_w < 1:
+            raise ValueError(f"Loader state layout {old_b} x {old_w} is not a valid one.")
+        per_old, per_new = old_b * old_w, self.batch_size * self.world_size
+        used = int(state.get("epoch_windows", self.windows.total // per_old * per_old))
+        if not 0 <= batch < used // per_old or epoch < 0 or not 0 < used <= self.windows.total:
             raise ValueError(f"Loader state position {epoch}:{batch} is out of range.")
-        if epoch < 0:
-            raise ValueError(f"Loader state position {epoch}:{batch} is out of range.")
+        if used // per_new == 0:
+            raise ValueError(
+                f"One round of micro-batch {self.batch_size} x {self.world_size} rank(s) is more "
+                f"than the {used} windows an epoch of this run uses. Lower --batch.micro-batch."
+            )
         note = None
-        if (old_b, old_w) != (self.batch_size, self.world_size):
-            consumed, per_round = batch * old_b * old_w, self.batch_size * self.world_size
-            batch = -(-consumed // per_round)  # the first round that starts at or after it
-            skipped = batch * per_round - consumed
+        if per_old != per_new or old_b != self.batch_size:
+            consumed = batch * per_old
+            batch = -(-consumed // per_new)  # the first round that starts at or after it
+            skipped = batch * per_new - consumed
+            if batch >= used // per_new:
+                epoch, batch, skipped = epoch + 1, 0, used - consumed
             note = (
                 f"data: micro-batch {old_b} x {old_w} rank(s) -> {self.batch_size} x "
-                f"{self.world_size}; epoch {epoch} goes on from window {consumed + skipped} "
-                f"of its order"
-                + (f" ({skipped} skipped: not a multiple of {per_round})" if skipped else "")
+                f"{self.world_size}; epoch {epoch} goes on from window {batch * per_new} of "
+                f"its order"
+                + (f" ({skipped} skipped to start a whole round)" if skipped else "")
+                + (
+                    f"; each epoch's last {used % per_new} of its {used} windows go unused, "
+                    f"{used} not being a multiple of {per_new}"
+                    if used % per_new
+                    else ""
+                )
             )
-            if batch >= self.batches_per_epoch:
-                epoch, batch = epoch + 1, 0
+        self.epoch_windows = used
+        self.batches_per_epoch = used // per_new
         self.close()
         self.seed, self._epoch, self._batch = int(state["seed"]), epoch, batch
         self._perm = None
