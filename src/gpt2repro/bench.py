@@ -37,6 +37,10 @@ def bench_sample(
     model: str, new_tokens: int, prompt_tokens: int, device_name: str = "auto"
 ) -> dict[str, Any]:
     """Greedy generation of `new_tokens` tokens with and without the KV cache."""
+    if prompt_tokens < 1 or new_tokens < 1:
+        raise ValueError(
+            f"prompt_tokens={prompt_tokens} and new_tokens={new_tokens} must each be at least 1."
+        )
     device = resolve_device(device_name)
     seed_everything(0)
     loaded = load_source(model, device)

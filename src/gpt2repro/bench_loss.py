@@ -103,6 +103,14 @@ def bench_loss(
     tokens: int, n_embd: int, vocab: int, dtype: str, device_name: str = "auto", reps: int = 3
 ) -> dict[str, Any]:
     """Both paths at the same micro-batch: peak memory, time, and how far apart they are."""
+    from gpt2repro.parallelize import resolve_dtype
+
+    if min(tokens, n_embd, vocab, reps) < 1:
+        raise ValueError(
+            f"tokens={tokens}, n_embd={n_embd}, vocab={vocab} and reps={reps} must each be at "
+            "least 1."
+        )
+    resolve_dtype(dtype, resolve_device(device_name))  # an unknown name fails here, not in a worker
     ctx = multiprocessing.get_context("spawn")
     rows = []
     for path in PATHS:

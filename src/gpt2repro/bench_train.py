@@ -186,6 +186,8 @@ def bench_train(
 
     Each pairing takes at least `steps` steps and goes on until `min_seconds` have passed, so
     a shape whose steps take a fraction of a second gets enough pairs for a stable median."""
+    if steps < 1:
+        raise ValueError(f"steps={steps} must be at least 1.")
     variants = [("bf16", False)] + ([("fp32", True), ("bf16", True)] if compile else [])
     device = resolve_device(device_name)
     rows = []

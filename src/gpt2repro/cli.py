@@ -310,7 +310,13 @@ def run_sample(args: SampleArgs) -> None:
     if args.prompt_file is not None:
         if not args.prompt_file.is_file():
             raise FileNotFoundError(f"--prompt-file {args.prompt_file}: no such file.")
-        text = args.prompt_file.read_text(encoding="utf-8")
+        try:
+            text = args.prompt_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"--prompt-file {args.prompt_file}: not UTF-8 text (byte {e.start}). "
+                "Save it as UTF-8."
+            ) from None
     ids = tok.encode(text) if text else [tok.eot_id]
     prompt = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=device)
     gen = torch.Generator(device=device).manual_seed(args.seed)

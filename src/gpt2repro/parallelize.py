@@ -41,6 +41,8 @@ def cpu_has_bf16() -> bool:
 def resolve_dtype(name: str, device: torch.device) -> str:
     """`auto`: bf16 on CUDA that supports it, fp16 on older GPUs; on CPU bf16 where native, else fp32."""
     if name != "auto":
+        if name not in DTYPES:
+            raise ValueError(f"dtype {name!r}: use auto, {', '.join(DTYPES)}.")
         if name == "fp16" and device.type != "cuda":
             raise ValueError("run.dtype=fp16 needs a CUDA GPU; on CPU use fp32 or bf16.")
         return name

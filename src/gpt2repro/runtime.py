@@ -19,6 +19,8 @@ def resolve_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError as e:
         raise ValueError(f"Unknown device {name!r}: use auto, cpu, cuda or cuda:N.") from e
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"Device {name!r} is not supported: use auto, cpu, cuda or cuda:N.")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"Device {name!r} requested but CUDA is not available here; use --device cpu."

@@ -31,7 +31,7 @@ class SamplingConfig:
         problems = []
         if self.max_new_tokens < 1:
             problems.append(f"max_new_tokens={self.max_new_tokens} must be >= 1")
-        if self.temperature < 0:
+        if not self.temperature >= 0:  # also NaN
             problems.append(f"temperature={self.temperature} must be >= 0 (0 = greedy)")
         if self.top_k is not None and self.top_k < 1:
             problems.append(f"top_k={self.top_k} must be >= 1")

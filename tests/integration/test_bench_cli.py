@@ -61,6 +61,13 @@ def test_bench_eval_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         (["bench", "loader", "--shapes", "16by1024"], "BATCHxSEQ_LEN"),
         (["bench", "loader", "--data-dir", "/nonexistent/data"], "not a prepared dataset"),
         (["bench", "eval", "--model", "init:nope"], "Unknown model preset"),
+        (["bench", "eval", "--model", "init:tiny", "--dtype", "xx"], "dtype 'xx': use auto"),
+        (["bench", "loss", "--dtype", "xx", "--tokens", "8"], "dtype 'xx': use auto"),
+        (["bench", "loss", "--tokens", "-1"], "tokens=-1, n_embd=768"),
+        (["bench", "sample", "--model", "init:tiny", "--prompt-tokens", "-3"], "prompt_tokens=-3"),
+        (["bench", "train", "--steps", "0"], "steps=0 must be at least 1"),
+        (["bench", "peak", "--device", "xpu"], "Device 'xpu' is not supported"),
+        (["sample", "init:tiny", "--temperature", "nan"], "temperature=nan must be >= 0"),
     ],
 )
 def test_bench_commands_report_bad_input_in_one_line(
@@ -69,3 +76,12 @@ def test_bench_commands_report_bad_input_in_one_line(
     code, _, err = run_cli(args, capsys)
     assert code != 0 and err.startswith("error: ") and "Traceback" not in err
     assert needle in err, err
+
+
+def test_sample_names_a_prompt_file_that_is_not_utf8(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_bytes(b"To be \xff or not")
+    code, _, err = run_cli(["sample", "init:tiny", "--prompt-file", str(prompt)], capsys)
+    assert code == 2 and err.startswith(f"error: --prompt-file {prompt}: not UTF-8 text (byte 6)")
