@@ -268,6 +268,7 @@ def bracketed_mfu(
     """
     kept = [(step, (a + b) / 2) for a, step, b in brackets if abs(a - b) <= agree * max(a, b)]
     out: dict[str, Any] = {"steps": len(brackets), "steady_steps": len(kept), "phases": []}
+    out["triples"] = [list(t) for t in brackets]
     if not kept:
         return out
     rates = [rate for _, rate in kept]
@@ -287,7 +288,6 @@ def bracketed_mfu(
                 "mfu": step_flops / step_s / (window * 1e12),
             }
         )
-    out["triples"] = [list(t) for t in brackets]
     return out
 
 

@@ -99,3 +99,8 @@ def test_bracketing_windows_count_towards_the_rows_peak() -> None:
     assert r["mfu_vs_measured_peak"] == pytest.approx(0.6 / 2.0)
     t = train_targets([row("s", "fp32", False, 100.0, 0.3, 0.25), r])["s"]
     assert t["mfu_vs_run_bf16_peak"] == pytest.approx(0.3)
+
+
+def test_bracketed_mfu_keeps_the_triples_when_no_step_was_steady() -> None:
+    r = bracketed_mfu([(0.8, 1.0, 2.0)], 1e12)
+    assert (r["steady_steps"], r["phases"], r["triples"]) == (0, [], [[0.8, 1.0, 2.0]])
