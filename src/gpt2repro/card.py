@@ -145,11 +145,12 @@ def write_card(
 def _exported_from(export_dir: Path, source: str, default_dir: bool) -> bool:
     """Whether `export_dir` was exported from `source` (exports that predate the record
     count as ours only in the checkpoint's own `-hf` folder)."""
-    from gpt2repro.pretrained import SIDECAR_FILE
+    from gpt2repro.pretrained import read_sidecar
 
-    if not (export_dir / SIDECAR_FILE).is_file():
+    sidecar = read_sidecar(export_dir)
+    if not sidecar:
         return False  # not an export of ours at all
-    recorded = json.loads((export_dir / SIDECAR_FILE).read_text()).get("source")
+    recorded = sidecar.get("source")
     return recorded == source or (recorded is None and default_dir)
 
 

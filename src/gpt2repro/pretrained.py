@@ -217,7 +217,7 @@ def load_hf(source: str | Path, pad_vocab_to: int = 64, dtype: torch.dtype = tor
     """
     path = _resolve(source)
     hf = _read_json(path / CONFIG_FILE)
-    sidecar = _read_json(path / SIDECAR_FILE) if (path / SIDECAR_FILE).is_file() else {}
+    sidecar = read_sidecar(path)
     state: dict[str, torch.Tensor] = {}
     tensors = read_weights(path / WEIGHTS_FILE)
     for key, t in tensors.items():
@@ -282,10 +282,9 @@ def hf_tokenizer_spec(source: str | Path) -> str | None:
     if _hub_repo(source) is not None:
         return "gpt2"
     path = _resolve(source)
-    if (path / SIDECAR_FILE).is_file():
-        spec = _read_json(path / SIDECAR_FILE).get("tokenizer")
-        if spec is not None:
-            return str(spec) if spec == "gpt2" else str(path / spec)
+    spec = read_sidecar(path).get("tokenizer")
+    if spec is not None:
+        return str(spec) if spec == "gpt2" else str(path / spec)
     return "gpt2" if _read_json(path / CONFIG_FILE).get("vocab_size") == GPT2_VOCAB_SIZE else None
 
 
@@ -378,6 +377,12 @@ def _download(repo_id: str) -> Path:
             "instead of the hub id."
         ) from e
     return Path(snapshot)
+
+
+def read_sidecar(export_dir: Path) -> dict[str, Any]:
+    """Our notes beside an export (tokenizer, bias, source); {} for a folder we did not write."""
+    file = export_dir / SIDECAR_FILE
+    return _read_json(file) if file.is_file() else {}
 
 
 def _read_json(file: Path) -> dict[str, Any]:

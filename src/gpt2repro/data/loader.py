@@ -300,7 +300,7 @@ class TokenLoader:
                 f"than the {used} windows an epoch of this run uses. Lower --batch.micro-batch."
             )
         note = None
-        if per_old != per_new or old_b != self.batch_size:
+        if (old_b, old_w) != (self.batch_size, self.world_size):
             consumed = batch * per_old
             batch = -(-consumed // per_new)  # the first round that starts at or after it
             skipped = batch * per_new - consumed
