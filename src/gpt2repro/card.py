@@ -109,11 +109,12 @@ def gather(checkpoint: Path, loaded: Loaded, export_dir: Path, name: str | None 
 def write_card(
     checkpoint: Path, export_dir: Path | None = None, name: str | None = None, license: str = "mit"
 ) -> Path:
-    """Export `checkpoint` (unless `export_dir` holds an export already) and write its README.md."""
-    from gpt2repro.loading import load_source
+    """Export `checkpoint` (unless `export_dir` holds an export already) and write its README.md.
+    A training run's directory stands for its best checkpoint (loading.resolve_source)."""
+    from gpt2repro.loading import load_source, resolve_source
     from gpt2repro.pretrained import CONFIG_FILE, export_hf
 
-    checkpoint = Path(checkpoint)
+    checkpoint = Path(resolve_source(str(checkpoint)))
     if not checkpoint.is_dir():
         raise FileNotFoundError(f"{checkpoint}: no such checkpoint or model directory.")
     default_dir = checkpoint.with_name(checkpoint.name + "-hf")

@@ -2,13 +2,15 @@
 
 Layout of one checkpoint (a directory):
     meta.json           format version, model config, tokenizer, step and other plain data
-    model.safetensors   weights (the tied head is stored once, as transformer.wte.weight)
+    model.safetensors   weights (a tied head is stored once, as transformer.wte.weight)
     tokenizer.json      only for trained byte-level BPE tokenizers, so a checkpoint is self-contained
     train_state.pt      optimizer, grad scaler and RNG states (training checkpoints), loaded
                         with torch.load(weights_only=True): tensors and plain containers only
 
 The directory is assembled under a temporary name and renamed into place, so a
-killed process never leaves a directory that looks like a valid checkpoint.
+killed process never leaves a directory that looks like a valid checkpoint; what it does
+leave (the temporary, a checkpoint half-replaced or half-deleted) a resumed run cleans up
+(`atomic.recover_directories`).
 
 Several ranks: rank 0 writes everything, after gathering what only the others hold (FSDP
 shards of weights and optimizer state, every rank's RNG state), so a checkpoint is the
@@ -22,17 +24,19 @@ import io
 import json
 import pickle
 import random
+import re
 import shutil
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from gpt2repro.atomic import atomic_directory, move_aside
+from gpt2repro.atomic import atomic_directory, delete_directory, move_aside
 from gpt2repro.distributed import DistInfo, gather_objects
 from gpt2repro.model import GPT, GPTConfig
 from gpt2repro.parallelize import full_tensor, is_dtensor, shard_like
@@ -42,12 +46,13 @@ from gpt2repro.tokenizer import Tokenizer, load_tokenizer
 FORMAT_VERSION = 1
 META = "meta.json"
 WEIGHTS = "model.safetensors"
-TIED_KEY = "lm_head.weight"  # shares storage with transformer.wte.weight
+TIED_KEY = "lm_head.weight"  # shares storage with transformer.wte.weight when tied
 TRAIN_STATE = "train_state.pt"
 
 
 class DamagedCheckpoint(ValueError):
-    """A checkpoint file that cannot be read (truncated, corrupt): another checkpoint may do."""
+    """A checkpoint file that cannot be read (truncated, corrupt) or is refused (it holds code):
+    another checkpoint may do."""
 
 
 def unwrap(model: torch.nn.Module) -> GPT:
@@ -60,9 +65,10 @@ def unwrap(model: torch.nn.Module) -> GPT:
 
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Weights keyed by Hugging Face-style names, without the tied duplicate."""
-    sd = unwrap(model).state_dict()
-    return {k: v.detach().contiguous() for k, v in sd.items() if k != TIED_KEY}
+    """Weights keyed by Hugging Face-style names, without a tied head's duplicate."""
+    gpt = unwrap(model)
+    skip = TIED_KEY if gpt.config.tie_embeddings else None
+    return {k: v.detach().contiguous() for k, v in gpt.state_dict().items() if k != skip}
 
 
 def gather_model_state(model: torch.nn.Module, keep: bool) -> dict[str, torch.Tensor]:
@@ -166,7 +172,8 @@ def load_model(
     state = _read_weights(path, device)
     _check_keys(path, state, model)
     model.load_state_dict(state, strict=False)
-    model.lm_head.weight = model.transformer.wte.weight  # to_empty() broke the tie
+    if config.tie_embeddings:
+        model.lm_head.weight = model.transformer.wte.weight  # to_empty() broke the tie
     tok = load_tokenizer(tokenizer) if tokenizer is not None else checkpoint_tokenizer(path, meta)
     return model, tok, meta
 
@@ -179,7 +186,7 @@ def _read_weights(path: Path, device: str | torch.device = "cpu") -> dict[str, t
 
 
 def _check_keys(path: Path, state: dict[str, torch.Tensor], model: GPT) -> None:
-    expected = set(model.state_dict()) - {TIED_KEY}
+    expected = set(model.state_dict()) - ({TIED_KEY} if model.config.tie_embeddings else set())
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:
         raise ValueError(
@@ -195,7 +202,8 @@ def restore_weights(path: Path, model: torch.nn.Module) -> None:
     """
     meta = read_meta(path)
     gpt = unwrap(model)
-    stored, mine = meta["model_config"], asdict(gpt.config)
+    # Through GPTConfig: options added since the checkpoint was written take their defaults.
+    stored, mine = asdict(GPTConfig(**meta["model_config"])), asdict(gpt.config)
     changed = [
         f"{k} {stored.get(k)} -> {mine[k]}"
         for k in mine
@@ -208,7 +216,8 @@ def restore_weights(path: Path, model: torch.nn.Module) -> None:
         )
     state = _read_weights(path)
     _check_keys(path, state, gpt)
-    state[TIED_KEY] = state["transformer.wte.weight"]
+    if gpt.config.tie_embeddings:
+        state[TIED_KEY] = state["transformer.wte.weight"]
     local = gpt.state_dict()
     gpt.load_state_dict({k: shard_like(state[k], v) for k, v in local.items()})
 
@@ -327,18 +336,65 @@ def save_train_checkpoint(
     )
 
 
-def load_train_state(path: Path) -> dict[str, Any]:
-    """Optimizer, scaler and RNG states of a training checkpoint; never unpickles code."""
+def load_train_state(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """Optimizer, scaler and RNG states of a training checkpoint; never unpickles code.
+
+    `mmap` maps the tensors instead of reading them: a quick check that the file is whole
+    and safe, before anything large is built.
+    """
     file = path / TRAIN_STATE
     if not file.is_file():
         raise ValueError(f"{path}: has weights but no {TRAIN_STATE}; it cannot resume training.")
+    if not zipfile.is_zipfile(file):  # its directory is at the end: cut short, it is gone
+        why = (
+            "empty" if file.stat().st_size == 0 else "not a whole zip archive as torch.save writes"
+        )
+        raise DamagedCheckpoint(corrupt_message(file, why, "Use another checkpoint"))
     try:
-        state: dict[str, Any] = torch.load(file, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
-        # A truncated zip fails in torch's reader (RuntimeError), an empty file with OSError.
+        state: dict[str, Any] = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        raise DamagedCheckpoint(refused_message(file, e)) from None  # torch's advice is unsafe
+    except (RuntimeError, EOFError, OSError) as e:
+        # A damaged zip fails in torch's reader (RuntimeError).
         why = (str(e).splitlines() or [type(e).__name__])[0]  # EOFError has no message
         raise DamagedCheckpoint(corrupt_message(file, why, "Use another checkpoint")) from e
     return state
+
+
+def refused_message(file: Path, error: pickle.UnpicklingError) -> str:
+    """What to say of a state `file` that torch's weights-only unpickler refused.
+
+    Its own message advises loading with weights_only=False, which runs whatever the file
+    holds: only what was refused is kept from it.
+    """
+    text = str(error)
+    if found := re.search(r"GLOBAL ([\w.]+)", text):
+        what = f"a reference to `{found[1]}`, code that a gpt2repro checkpoint never holds"
+    else:
+        lines = [ln.strip() for ln in text.splitlines()[1:] if ln.strip()]
+        unsafe = ("weights_only", "safe_globals", "Check the documentation")
+        detail = next((ln for ln in lines if not any(u in ln for u in unsafe)), None)
+        what = "something that a gpt2repro checkpoint never holds"
+        what += f" ({detail.removeprefix('WeightsUnpickler error: ')})" if detail else ""
+    return (
+        f"{file}: refused for safety: it holds {what} (checkpoints hold only tensors, numbers and "
+        f"plain containers). Nothing in it was run. The file was changed after it was written, by "
+        f"damage or on purpose: do not load it by other means. Use another checkpoint."
+    )
+
+
+def check_files(path: Path) -> dict[str, Any]:
+    """Read what resuming from checkpoint `path` will read, without the tensors: meta.json
+    (returned), the weights' header and the training state's structure. Raises what loading
+    would."""
+    meta = read_meta(path)
+    try:
+        with safe_open(str(path / WEIGHTS), framework="pt"):
+            pass  # opening reads and checks the header: every tensor within the file
+    except SafetensorError as e:
+        raise DamagedCheckpoint(corrupt_message(path / WEIGHTS, e, "Use another checkpoint")) from e
+    load_train_state(path, mmap=True)
+    return meta
 
 
 def restore_train_checkpoint(
@@ -414,7 +470,7 @@ def prune(ckpt_root: Path, keep_last: int, newest: Path) -> None:
     assert keep_last >= 1, f"keep_last={keep_last} must be >= 1"
     older = [p for p in step_dirs(ckpt_root) if step_of(p) < step_of(newest)]
     for old in older[: max(0, len(older) - (keep_last - 1))]:
-        shutil.rmtree(old, ignore_errors=True)
+        delete_directory(old)
 
 
 def set_aside_after(ckpt_root: Path, step: int) -> list[Path]:
@@ -452,13 +508,16 @@ def more_minutes(trained_s: float, max_minutes: float) -> str:
 def resume_point(
     choice: str, run_dir: Path, max_steps: int, max_minutes: float | None = None
 ) -> tuple[Path, int] | None:
-    """The checkpoint `choice` resumes from and its step, read now, so a damaged one or one
-    past the end of the run (its steps or its minutes) fails before anything else happens.
-    None: a fresh start."""
+    """The checkpoint `choice` resumes from and its step, read now, so a damaged or unsafe one
+    or one past the end of the run (its steps or its minutes) fails before anything else
+    happens (the model is built, the device measured). None: a fresh start."""
     source = find_resume(choice, run_dir)
     if source is None:
         return None
-    meta = read_meta(source)
+    try:
+        meta = check_files(source)
+    except DamagedCheckpoint as e:
+        raise DamagedCheckpoint(f"{e} {fallback_advice(source)}") from None
     step = meta.get("step")
     if not isinstance(step, int):
         raise ValueError(f"{source / META}: no step; it is not a training checkpoint.")

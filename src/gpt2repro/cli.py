@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import tyro
 
@@ -27,17 +27,20 @@ from gpt2repro.data.commands import (
 )
 from gpt2repro.evaluation.commands import CardArgs, EvalArgs, PlotArgs, run_card, run_eval, run_plot
 
+if TYPE_CHECKING:  # imported where used: torch slows down every other command's --help
+    from gpt2repro.sampling import SamplingConfig
+
 
 @dataclass
 class SampleArgs:
     """Generate text from a checkpoint, an exported or hub GPT-2, or a fresh model."""
 
     model: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="[MODEL]")] = "init:tiny"
-    """Checkpoint directory, Hugging Face directory, hub id (gpt2, gpt2-medium, ...) or init:PRESET."""
+    """Checkpoint directory, training run directory (its best checkpoint), Hugging Face directory, hub id (gpt2, gpt2-medium, ...) or init:PRESET."""
     prompt: str = ""
     """Text to continue (empty: start from the end-of-text token)."""
     prompt_file: Path | None = None
-    """Read the prompt from this file instead of --prompt."""
+    """Read the prompt from this file (instead of --prompt, not with it)."""
     num_samples: int = 1
     """How many independent samples to draw."""
     max_new_tokens: int = 100
@@ -63,7 +66,7 @@ class ExportArgs:
     """Write a model as a Hugging Face GPT-2 directory (config.json + model.safetensors)."""
 
     model: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="MODEL")]
-    """Checkpoint directory, Hugging Face directory, hub id or init:PRESET."""
+    """Checkpoint directory, training run directory (its best checkpoint), Hugging Face directory, hub id or init:PRESET."""
     out_dir: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="OUT_DIR")]
     """Directory to create; transformers.GPT2LMHeadModel.from_pretrained(OUT_DIR) loads it."""
     seed: int = 1337
@@ -297,26 +300,14 @@ def run_sample(args: SampleArgs) -> None:
 
     from gpt2repro.loading import load_source
     from gpt2repro.runtime import resolve_device, seed_everything
-    from gpt2repro.sampling import SamplingConfig, generate
+    from gpt2repro.sampling import generate
 
-    cfg = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
-    if args.num_samples < 1:
-        raise ValueError(f"--num-samples {args.num_samples} must be at least 1.")
+    cfg = _sample_settings(args)
+    text = _prompt_text(args)
     device = resolve_device(args.device)
     seed_everything(args.seed)
     loaded = load_source(args.model, device, args.tokenizer)
     tok = loaded.tokenizer
-    text = args.prompt
-    if args.prompt_file is not None:
-        if not args.prompt_file.is_file():
-            raise FileNotFoundError(f"--prompt-file {args.prompt_file}: no such file.")
-        try:
-            text = args.prompt_file.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise ValueError(
-                f"--prompt-file {args.prompt_file}: not UTF-8 text (byte {e.start}). "
-                "Save it as UTF-8."
-            ) from None
     ids = tok.encode(text) if text else [tok.eot_id]
     prompt = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
@@ -329,26 +320,67 @@ def run_sample(args: SampleArgs) -> None:
         print(text + tok.decode(new))
 
 
+SEED_LIMIT = 2**32  # NumPy's seeds are below 2**32 (torch takes more)
+
+
+def _sample_settings(args: SampleArgs) -> SamplingConfig:
+    """The sampling settings, once every argument is known good (all problems in one error)."""
+    from gpt2repro.sampling import SamplingConfig, sampling_problems
+
+    problems = sampling_problems(
+        args.max_new_tokens, args.temperature, args.top_k, args.top_p, flags=True
+    )
+    if args.num_samples < 1:
+        problems.append(f"--num-samples {args.num_samples} must be >= 1")
+    if not 0 <= args.seed < SEED_LIMIT:
+        problems.append(f"--seed {args.seed} must be in [0, {SEED_LIMIT})")
+    if args.prompt and args.prompt_file is not None:
+        problems.append("--prompt and --prompt-file both give a prompt: pass only one of them")
+    if problems:
+        raise ValueError("Cannot sample: " + "; ".join(problems) + ".")
+    return SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+
+
+def _prompt_text(args: SampleArgs) -> str:
+    """--prompt, or the text of --prompt-file."""
+    if args.prompt_file is None:
+        return args.prompt
+    if not args.prompt_file.is_file():
+        raise FileNotFoundError(f"--prompt-file {args.prompt_file}: no such file.")
+    try:
+        return args.prompt_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"--prompt-file {args.prompt_file}: not UTF-8 text (byte {e.start}). Save it as UTF-8."
+        ) from None
+
+
 def run_export(args: ExportArgs) -> None:
-    from gpt2repro.loading import load_source
+    from gpt2repro.loading import load_source, resolve_source
     from gpt2repro.pretrained import check_export_dir, export_hf
     from gpt2repro.runtime import seed_everything
 
     check_export_dir(args.out_dir, args.overwrite, flag="--overwrite")  # before a slow load
     seed_everything(args.seed)
-    loaded = load_source(args.model)
+    model = resolve_source(args.model)
+    loaded = load_source(model)
     spec = loaded.tokenizer.spec
-    local = Path(args.model)
-    source = str(local.resolve()) if local.exists() else args.model
+    local = Path(model)
+    source = str(local.resolve()) if local.exists() else model
     path = export_hf(
         loaded.model, args.out_dir, tokenizer_spec=spec, overwrite=args.overwrite, source=source
     )
-    print(f"Exported {args.model} to {path} (load with GPT2LMHeadModel.from_pretrained).")
+    print(f"Exported {model} to {path} (load with GPT2LMHeadModel.from_pretrained).")
 
 
 def run_tokenizer_train(args: TokenizerTrainArgs) -> None:
     from gpt2repro.tokenizer import train_bpe
 
+    if args.out.is_dir():
+        raise ValueError(
+            f"--out {args.out} is a directory: --out must be a .json file path, not a "
+            f"directory (e.g. --out {args.out / 'tokenizer.json'})."
+        )
     if args.out.suffix != ".json":
         raise ValueError(
             f"--out {args.out}: name the tokenizer file *.json (it is Hugging Face's "

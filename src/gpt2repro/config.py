@@ -2,13 +2,18 @@
 
 `gpt2repro train --preset NAME --optim.lr 3e-4 ...` starts from a preset (presets.py)
 and overrides fields by their dotted names; tyro rejects unknown names and bad types.
-`TrainConfig.validate()` collects every inconsistency into one error.
+`TrainConfig.validate()` collects every inconsistency into one error; every numeric field
+has its allowed range in `RANGES`, so NaN, infinities and out-of-range values never reach a run.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, Literal
 
 from gpt2repro.model import GPTConfig
 
@@ -51,6 +56,26 @@ class OptimConfig:
     """Clip the global gradient norm to this (0: no clipping)."""
     fused: bool | None = None
     """Fused AdamW kernel (None: on where the device supports it)."""
+    schedule: Literal["cosine", "wsd"] = "cosine"
+    """cosine: warmup, then a half cosine to min_lr; wsd (warmup-stable-decay): warmup, constant, then linear to min_lr over the last decay_fraction of the run."""
+    decay_fraction: float = 0.2
+    """wsd only: share of the run spent decaying (the rest after warmup is constant)."""
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    """adamw for every parameter; muon: torch.optim.Muon for the blocks' matrices, AdamW (lr, embed_lr, head_lr) for the rest."""
+    muon_lr: float = 0.02
+    """muon only: peak learning rate of the blocks' matrices (the schedule scales it like lr)."""
+    muon_momentum: float = 0.95
+    """muon only: Nesterov momentum, reached after muon_momentum_warmup_steps."""
+    muon_momentum_start: float = 0.85
+    """muon only: momentum at step 0, raised linearly to muon_momentum (modded-nanogpt)."""
+    muon_momentum_warmup_steps: int = 0
+    """muon only: steps over which the momentum rises from muon_momentum_start (0: constant)."""
+    muon_weight_decay: float = 0.0
+    """muon only: decoupled weight decay of the Muon matrices."""
+    embed_lr: float | None = None
+    """Peak AdamW learning rate of the embeddings (None: lr)."""
+    head_lr: float | None = None
+    """Peak AdamW learning rate of an untied output head (None: lr)."""
 
 
 @dataclass
@@ -145,6 +170,111 @@ class StabilityConfig:
     """Also skip steps whose loss is this many standard deviations above the recent mean (None: off)."""
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting may take: finite, at least `low` (above it if `low_open`)
+    and below `high`; `note` says what a special value means."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    note: str = ""
+    high_closed: bool = False
+
+    def holds(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value <= self.high if self.high_closed else value < self.high
+        return math.isfinite(value) and above and below
+
+    def rule(self, value: float) -> str:
+        """What `value` (which does not hold) must be instead, e.g. "must be finite and >= 0"."""
+        parts = [] if math.isfinite(value) else ["finite"]
+        if self.high < math.inf:
+            close = "]" if self.high_closed else ")"
+            parts.append(f"in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}{close}")
+        elif self.low_open and self.low == 0:
+            parts.append("positive")
+        elif self.low > -math.inf:
+            parts.append(f"{'>' if self.low_open else '>='} {_num(self.low)}")
+        text = "must be " + " and ".join(parts)
+        return f"{text} ({self.note})" if self.note else text
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+COUNT = Range(1)
+NON_NEGATIVE = Range(0)
+POSITIVE = Range(0, low_open=True)
+FRACTION = Range(0, 1)  # a probability or a moving-average factor: 1 would never forget
+INTERVAL = Range(0, note="0: only at the end")
+
+RANGES: dict[str, Range] = {
+    # GPTConfig checks itself when built; a config changed afterwards is checked here too.
+    "model.vocab_size": COUNT,
+    "model.block_size": COUNT,
+    "model.n_layer": COUNT,
+    "model.n_head": COUNT,
+    "model.n_embd": COUNT,
+    "model.dropout": FRACTION,
+    "model.pad_vocab_to": Range(1, note="1: no padding"),
+    "model.rope_base": Range(1, low_open=True),  # base 1 would not rotate at all
+    "model.logit_softcap": Range(0, note="0: off"),
+    "optim.lr": POSITIVE,
+    "optim.min_lr": NON_NEGATIVE,
+    "optim.warmup_steps": NON_NEGATIVE,
+    "optim.decay_steps": Range(0, note="or None: the last step"),
+    "optim.weight_decay": NON_NEGATIVE,
+    "optim.beta1": FRACTION,
+    "optim.beta2": FRACTION,
+    "optim.eps": POSITIVE,
+    "optim.grad_clip": Range(0, note="0: no clipping"),
+    "optim.decay_fraction": Range(0, 1, high_closed=True),
+    "optim.muon_lr": POSITIVE,
+    "optim.muon_momentum": FRACTION,
+    "optim.muon_momentum_start": FRACTION,
+    "optim.muon_momentum_warmup_steps": NON_NEGATIVE,
+    "optim.muon_weight_decay": NON_NEGATIVE,
+    "optim.embed_lr": Range(0, low_open=True, note="or None: lr"),
+    "optim.head_lr": Range(0, low_open=True, note="or None: lr"),
+    "batch.tokens_per_step": COUNT,
+    "batch.micro_batch": COUNT,
+    "batch.seq_len": COUNT,
+    "run.max_steps": COUNT,
+    "run.max_minutes": Range(0, low_open=True, note="or None: no limit"),
+    # NumPy takes seeds below 2**32, and rank r seeds with seed + r: 2**31 leaves room for ranks.
+    "run.seed": Range(0, 2**31),
+    "eval.interval": INTERVAL,
+    "eval.val_tokens": Range(1, note="and at least batch.seq_len x world size"),
+    "eval.sample_interval": INTERVAL,
+    "eval.sample_tokens": COUNT,  # the end of every run writes samples
+    "eval.hellaswag_limit": Range(1, note="or None: all"),
+    "checkpoint.interval": INTERVAL,
+    "checkpoint.keep_last": COUNT,
+    "log.interval": INTERVAL,
+    "stability.max_bad_steps": COUNT,
+    "stability.spike_zscore": Range(0, low_open=True, note="or None: off"),
+}
+"""Allowed range of every numeric field of TrainConfig, by dotted name; a test fails for a
+numeric field without an entry (validate() then checks only that it is finite)."""
+
+
+def _is_numeric(hint: Any) -> bool:
+    """int, float or an Optional of them; bool is a flag, not a number."""
+    return any(t in (int, float) for t in (typing.get_args(hint) or (hint,)))
+
+
+def numeric_fields(cfg: TrainConfig) -> Iterator[tuple[str, Any]]:
+    """(dotted name, value) of every int or float field of every section of `cfg`."""
+    for section in fields(cfg):
+        part = getattr(cfg, section.name)
+        hints = typing.get_type_hints(type(part))
+        for f in fields(part):
+            if _is_numeric(hints[f.name]):
+                yield f"{section.name}.{f.name}", getattr(part, f.name)
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs; presets.py holds named instances."""
@@ -172,8 +302,9 @@ class TrainConfig:
 
     def validate(self, world_size: int = 1) -> None:
         """Raise one ValueError listing every inconsistent setting (and every missing input file)."""
-        problems = [*self._size_problems(world_size), *self._interval_problems()]
-        problems += self._input_problems()
+        problems, bad = self._range_problems()
+        problems += self._relation_problems(world_size, bad)
+        problems += self._choice_problems() + self._input_problems()
         if problems:
             raise ValueError("Invalid training config: " + "; ".join(problems) + ".")
 
@@ -188,68 +319,74 @@ class TrainConfig:
             )
         return notes
 
-    def _size_problems(self, world_size: int) -> list[str]:
+    def _range_problems(self) -> tuple[list[str], set[str]]:
+        """Numbers outside RANGES (NaN and infinities included), and the names of those fields.
+        Fields that break the same rule share one sentence."""
+        by_rule: dict[str, list[str]] = {}
+        bad = set()
+        for name, value in numeric_fields(self):
+            allowed = RANGES.get(name, Range())  # a field missing there must still be finite
+            if value is None or allowed.holds(value):
+                continue
+            by_rule.setdefault(allowed.rule(value), []).append(f"{name}={value}")
+            bad.add(name)
+        return [f"{', '.join(names)} {rule}" for rule, names in by_rule.items()], bad
+
+    def _relation_problems(self, world_size: int, bad: set[str]) -> list[str]:
+        """Rules between fields, checked once the fields themselves are in range."""
+        m, o, b = self.model, self.optim, self.batch
         problems = []
-        o, b, r = self.optim, self.batch, self.run
-        if b.seq_len > self.model.block_size:
-            problems.append(
-                f"batch.seq_len={b.seq_len} exceeds model.block_size={self.model.block_size}"
-            )
-        sizes = {
-            "batch.seq_len": b.seq_len,
-            "batch.micro_batch": b.micro_batch,
-            "batch.tokens_per_step": b.tokens_per_step,
-            "run.max_steps": r.max_steps,
-        }
-        bad = [f"{k}={v}" for k, v in sizes.items() if v < 1]
-        if bad:
-            problems.append(f"{', '.join(bad)} must be positive")
-        else:  # the batch arithmetic divides by these
-            try:
+
+        def ok(*names: str) -> bool:
+            return not bad.intersection(names)
+
+        if ok("batch.seq_len", "model.block_size") and b.seq_len > m.block_size:
+            problems.append(f"batch.seq_len={b.seq_len} exceeds model.block_size={m.block_size}")
+        if ok("batch.seq_len", "batch.micro_batch", "batch.tokens_per_step"):
+            try:  # the batch arithmetic divides by these
                 self.grad_accum_steps(world_size)
             except ValueError as e:
                 problems.append(str(e).rstrip("."))
-            if self.eval.val_tokens < b.seq_len * world_size:
+            if ok("eval.val_tokens") and self.eval.val_tokens < b.seq_len * world_size:
                 problems.append(
                     f"eval.val_tokens={self.eval.val_tokens} must be at least batch.seq_len x "
                     f"world size = {b.seq_len * world_size} (one validation window per rank)"
                 )
-        if r.max_minutes is not None and r.max_minutes <= 0:
-            problems.append(f"run.max_minutes={r.max_minutes} must be positive (or None: no limit)")
-        if not 0 <= o.min_lr <= o.lr:
+        if ok("optim.min_lr", "optim.lr") and o.min_lr > o.lr:
             problems.append(f"need 0 <= optim.min_lr ({o.min_lr}) <= optim.lr ({o.lr})")
-        if not (0 <= o.beta1 < 1 and 0 <= o.beta2 < 1):
-            problems.append(f"optim.beta1={o.beta1} and optim.beta2={o.beta2} must be in [0, 1)")
-        negative = {"optim.weight_decay": o.weight_decay, "optim.grad_clip": o.grad_clip}
-        problems += [f"{k}={v} must be >= 0" for k, v in negative.items() if v < 0]
-        if not o.eps > 0:
-            problems.append(f"optim.eps={o.eps} must be positive")
-        if self.eval.sample_tokens < 1:  # the end of every run writes samples
-            problems.append(f"eval.sample_tokens={self.eval.sample_tokens} must be >= 1")
-        if o.warmup_steps < 0 or (o.decay_steps is not None and o.decay_steps < o.warmup_steps):
-            problems.append("optim.warmup_steps must be >= 0 and <= optim.decay_steps")
+        decay = o.decay_steps
+        if decay is not None and ok("optim.decay_steps") and decay < o.warmup_steps:
+            problems.append(
+                f"optim.decay_steps={decay} must be >= optim.warmup_steps={o.warmup_steps}"
+            )
+        if ok("model.n_embd", "model.n_head") and m.n_embd % m.n_head != 0:
+            problems.append(f"model.n_embd={m.n_embd} must be divisible by model.n_head={m.n_head}")
+        return problems
+
+    def _choice_problems(self) -> list[str]:
+        r = self.run
+        problems = []
         if r.parallel not in ("ddp", "fsdp"):
             problems.append(f"run.parallel={r.parallel!r} must be ddp or fsdp")
         if r.dtype not in ("auto", "fp32", "bf16", "fp16"):
             problems.append(f"run.dtype={r.dtype!r} must be auto, fp32, bf16 or fp16")
-        if self.checkpoint.keep_last < 1:
-            problems.append("checkpoint.keep_last must be >= 1")
-        if self.stability.max_bad_steps < 1:
-            problems.append(f"stability.max_bad_steps={self.stability.max_bad_steps} must be >= 1")
-        limit = self.eval.hellaswag_limit
-        if limit is not None and limit < 1:
-            problems.append(f"eval.hellaswag_limit={limit} must be positive (or None: all)")
+        o = self.optim
+        if o.schedule not in ("cosine", "wsd"):
+            problems.append(f"optim.schedule={o.schedule!r} must be cosine or wsd")
+        if o.optimizer not in ("adamw", "muon"):
+            problems.append(f"optim.optimizer={o.optimizer!r} must be adamw or muon")
+        elif o.optimizer == "muon" and r.parallel == "fsdp":
+            # Muon orthogonalises whole matrices; FSDP hands each rank a shard of each one.
+            problems.append(
+                "optim.optimizer=muon cannot run under run.parallel=fsdp (Muon needs whole "
+                "matrices, FSDP shards them): use --run.parallel ddp, or optim.optimizer=adamw"
+            )
+        elif o.optimizer == "muon" and r.dtype == "fp16":
+            problems.append(
+                "optim.optimizer=muon is not supported with run.dtype=fp16 (its loss scaler "
+                "steps one optimizer): use bf16 or fp32"
+            )
         return problems
-
-    def _interval_problems(self) -> list[str]:
-        intervals = {
-            "eval.interval": self.eval.interval,
-            "eval.sample_interval": self.eval.sample_interval,
-            "checkpoint.interval": self.checkpoint.interval,
-            "log.interval": self.log.interval,
-        }
-        bad = [f"{k}={v}" for k, v in intervals.items() if v < 0]
-        return [f"{', '.join(bad)} must be >= 0 (0: only at the end)"] if bad else []
 
     def _input_problems(self) -> list[str]:
         """Files the run will read: checked now, not after hours of training."""
@@ -282,4 +419,17 @@ class TrainConfig:
                 f"eval.hellaswag_path={str(path)!r}: no such file; pass the path of "
                 f"hellaswag_val.jsonl, or leave it unset to download it"
             )
-        return problems
+        return problems + self._out_dir_problems()
+
+    def _out_dir_problems(self) -> list[str]:
+        """A file where the run directory (or a folder above it) must go: caught now, as one
+        sentence, not as the operating system's error when the run starts to write."""
+        out = Path(self.run.out_dir).expanduser()
+        existing = next((p for p in (out, *out.parents) if p.exists()), None)
+        if existing is None or existing.is_dir():
+            return []
+        where = "" if existing == out else f" (inside {existing})"
+        return [
+            f"run.out_dir={str(self.run.out_dir)!r}{where}: {existing} is a file, not a "
+            f"directory; choose a directory path for --run.out-dir, or remove the file"
+        ]

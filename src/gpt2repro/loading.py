@@ -4,11 +4,14 @@ A model source is one of:
   * a gpt2repro checkpoint directory (meta.json + model.safetensors),
   * a Hugging Face GPT-2 directory (config.json + model.safetensors), e.g. from `gpt2repro export`,
   * a hub id: gpt2, gpt2-medium, gpt2-large, gpt2-xl (downloaded when the hub is reachable),
-  * `init:PRESET`, a freshly initialised model of a preset shape (seeded by the caller).
+  * `init:PRESET`, a freshly initialised model of a preset shape (seeded by the caller),
+  * a training run's directory, standing for its best checkpoint (else its newest step_*):
+    `resolve_source` picks it and says which, for every command that takes a model.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +26,8 @@ RUN_CHECKPOINTS = "checkpoints"  # where `gpt2repro train` saves inside a run di
 HUB_IDS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 HUB_ORG = "openai-community/"
 SOURCE_HELP = (
-    "a checkpoint directory, an exported Hugging Face directory, a hub id "
-    f"({', '.join(HUB_IDS)}) or init:PRESET"
+    "a checkpoint directory, a training run directory, an exported Hugging Face directory, "
+    f"a hub id ({', '.join(HUB_IDS)}) or init:PRESET"
 )
 
 
@@ -39,6 +42,7 @@ def load_source(
     source: str, device: str | torch.device = "cpu", tokenizer: str | None = None
 ) -> Loaded:
     """Load model and tokenizer from `source` (see module docstring); `tokenizer` overrides the stored one."""
+    source = resolve_source(source)
     path = Path(source)
     if source.startswith("init:"):
         model = GPT(model_preset(source.removeprefix("init:"))).to(device)
@@ -47,8 +51,6 @@ def load_source(
     elif path.is_dir() and checkpoint.is_checkpoint(path):
         # A damaged file raises checkpoint.DamagedCheckpoint, naming it and what to do.
         model, tok, _ = checkpoint.load_model(path, device, tokenizer)
-    elif path.is_dir() and (path / RUN_CHECKPOINTS).is_dir():
-        raise ValueError(_run_directory_help(path))
     elif (
         (path.is_dir() and (path / "config.json").is_file())
         or source in HUB_IDS
@@ -78,12 +80,39 @@ def load_source(
     return Loaded(model=model, tokenizer=tok, source=source)
 
 
-def _run_directory_help(run_dir: Path) -> str:
-    """What to pass instead of a training run's directory: one of its checkpoints."""
-    root = run_dir / RUN_CHECKPOINTS
-    found = [p for p in sorted(root.iterdir()) if p.is_dir() and checkpoint.is_checkpoint(p)]
-    names = ", ".join(p.name for p in found) or "none yet"
+def resolve_source(source: str, quiet: bool = False) -> str:
+    """`source`, or for a training run's directory the checkpoint in it that stands for the
+    run (its best, else its newest step), announced on stderr unless `quiet`."""
+    path = Path(source)
+    if not is_run_directory(path):
+        return source
+    chosen, why = run_checkpoint(path)
+    if not quiet:
+        print(f"using {chosen} ({why})", file=sys.stderr, flush=True)
+    return str(chosen)
+
+
+def is_run_directory(path: Path) -> bool:
+    """A directory `gpt2repro train` wrote (it holds checkpoints/), not a checkpoint itself."""
     return (
-        f"{run_dir}: this is a training run directory, not a model. Pass one of its checkpoints: "
-        f"{root / 'best'} (or a {root / 'step_NNNNNN'}); found: {names}."
+        path.is_dir() and not checkpoint.is_checkpoint(path) and (path / RUN_CHECKPOINTS).is_dir()
+    )
+
+
+def run_checkpoint(run_dir: Path) -> tuple[Path, str]:
+    """The checkpoint a run directory stands for, and why that one, as words."""
+    root = run_dir / RUN_CHECKPOINTS
+    if checkpoint.is_checkpoint(root / "best"):
+        return root / "best", "the run's best checkpoint"
+    steps = [
+        p
+        for p in root.glob("step_*")
+        if p.name.removeprefix("step_").isdigit() and checkpoint.is_checkpoint(p)
+    ]
+    if steps:
+        return max(steps, key=checkpoint.step_of), "the run's newest checkpoint; it has no best"
+    raise FileNotFoundError(
+        f"{run_dir}: a training run directory with no checkpoint yet (nothing usable in {root}). "
+        f"Let the run save one (at the end, or every --checkpoint.interval steps), or pass "
+        f"{SOURCE_HELP}."
     )

@@ -1,8 +1,9 @@
-"""FLOPs per token, hardware peaks, MFU, and the metric sinks (JSONL, TensorBoard, W&B)."""
+"""FLOPs per token, hardware peaks, MFU, and the run's logs (JSONL, samples, TensorBoard, W&B)."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -128,20 +129,46 @@ def _record_step(line: str) -> float:
         return float("inf")
 
 
+SAMPLE_HEADER = re.compile(r"^=== step (\d+) ===$", re.MULTILINE)
+"""The line that opens each section of samples.txt."""
+
+
+def samples_up_to(text: str, step: int) -> str:
+    """The sections of samples.txt `text` written at `step` or before.
+
+    Sections are written in step order, so everything from the first later header on goes,
+    a section torn by a kill with it.
+    """
+    later = next((m for m in SAMPLE_HEADER.finditer(text) if int(m[1]) > step), None)
+    return text if later is None else text[: later.start()]
+
+
 class MetricsWriter:
-    """Append metrics to metrics.jsonl, and to TensorBoard / W&B when asked and installed."""
+    """Append metrics to metrics.jsonl and samples to samples.txt, and metrics to TensorBoard /
+    W&B when asked and installed.
+
+    `purge_step` (a resumed run: its checkpoint's step + 1) hides the TensorBoard points the
+    earlier run logged from that step on: they are logged again. Its event files are kept,
+    as TensorBoard expects (SummaryWriter's purge_step).
+    """
 
     def __init__(
-        self, run_dir: Path, tensorboard: bool, wandb_project: str | None, config: dict[str, Any]
+        self,
+        run_dir: Path,
+        tensorboard: bool,
+        wandb_project: str | None,
+        config: dict[str, Any],
+        purge_step: int | None = None,
     ) -> None:
         self.path = run_dir / "metrics.jsonl"
+        self.samples_path = run_dir / "samples.txt"
         self.tb: Any = None
         self.wandb: Any = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
             except ImportError:
                 print("note: tensorboard is not installed; metrics go to metrics.jsonl only.")
         if wandb_project:
@@ -153,15 +180,24 @@ class MetricsWriter:
                 print("note: wandb is not installed (pip install wandb); skipping W&B logging.")
 
     def truncate_after(self, step: int) -> None:
-        """Drop records past `step`, so a resumed run's log has no duplicate or orphan steps.
+        """Drop records and samples past `step`, so a resumed run's logs have no duplicate or
+        orphan steps (TensorBoard's: see `purge_step`).
 
-        A run killed mid-write can leave a torn last line: it is dropped, not parsed. The
-        kept lines replace the file in one rename, so a second kill cannot empty the log.
+        A run killed mid-write can leave a torn last line or section: it is dropped, not
+        parsed. What is kept replaces each file in one rename, so a second kill cannot empty it.
         """
-        if not self.path.exists():
-            return
-        keep = [ln for ln in self.path.read_text().splitlines() if _record_step(ln) <= step]
-        write_text_atomic(self.path, "".join(ln + "\n" for ln in keep))
+        if self.path.exists():
+            keep = [ln for ln in self.path.read_text().splitlines() if _record_step(ln) <= step]
+            write_text_atomic(self.path, "".join(ln + "\n" for ln in keep))
+        if self.samples_path.exists():
+            text = self.samples_path.read_text(encoding="utf-8", errors="replace")
+            write_text_atomic(self.samples_path, samples_up_to(text, step))
+
+    def write_samples(self, step: int, texts: list[str]) -> None:
+        """Append one section per text to samples.txt, headed by `step`."""
+        section = "".join(f"=== step {step} ===\n{text}\n" for text in texts)
+        with open(self.samples_path, "a", encoding="utf-8") as f:
+            f.write(section)  # in one write: a kill tears at most the last section
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as f:

@@ -6,6 +6,7 @@ path is tested against; both crop the context to the model's block size the same
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -28,17 +29,36 @@ class SamplingConfig:
     """Keep the smallest set of tokens whose probability adds up to p (None: no limit)."""
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.max_new_tokens < 1:
-            problems.append(f"max_new_tokens={self.max_new_tokens} must be >= 1")
-        if not self.temperature >= 0:  # also NaN
-            problems.append(f"temperature={self.temperature} must be >= 0 (0 = greedy)")
-        if self.top_k is not None and self.top_k < 1:
-            problems.append(f"top_k={self.top_k} must be >= 1")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            problems.append(f"top_p={self.top_p} must be in (0, 1]")
+        problems = sampling_problems(self.max_new_tokens, self.temperature, self.top_k, self.top_p)
         if problems:
             raise ValueError("Invalid sampling settings: " + "; ".join(problems) + ".")
+
+
+def sampling_problems(
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    flags: bool = False,
+) -> list[str]:
+    """Every bad setting, named as a field (`top_p=1.5`) or, with `flags`, as the command
+    line's flag (`--top-p 1.5`), so a command can report them with its other arguments."""
+
+    def named(name: str, value: object) -> str:
+        return f"--{name.replace('_', '-')} {value}" if flags else f"{name}={value}"
+
+    problems = []
+    if max_new_tokens < 1:
+        problems.append(f"{named('max_new_tokens', max_new_tokens)} must be >= 1")
+    # An infinite temperature divides every logit to 0 (or NaN): no distribution is left.
+    if not (math.isfinite(temperature) and temperature >= 0):
+        finite = "" if math.isfinite(temperature) else "finite and "
+        problems.append(f"{named('temperature', temperature)} must be {finite}>= 0 (0 = greedy)")
+    if top_k is not None and top_k < 1:
+        problems.append(f"{named('top_k', top_k)} must be >= 1 (or None: off)")
+    if top_p is not None and not 0.0 < top_p <= 1.0:  # also NaN
+        problems.append(f"{named('top_p', top_p)} must be in (0, 1] (or None: off)")
+    return problems
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:

@@ -24,9 +24,10 @@ from typing import Any
 import torch
 
 from gpt2repro import checkpoint as ckpt
-from gpt2repro.atomic import move_aside
+from gpt2repro.atomic import move_aside, recover_directories
 from gpt2repro.config import TrainConfig
 from gpt2repro.data.loader import Windows, eval_batches, read_manifest
+from gpt2repro.data.verify import check_split_counts
 from gpt2repro.distributed import DistInfo, init_distributed, print0, shutdown, wait_for_main
 from gpt2repro.evaluation.hellaswag import load_examples
 from gpt2repro.metrics import (
@@ -151,8 +152,10 @@ def load_hellaswag(cfg: TrainConfig) -> list[dict[str, Any]] | None:
         raise ConnectionError(f"--eval.hellaswag: {message}") from None
 
 
-def check_val_split(cfg: TrainConfig, data_dir: Path, dist: DistInfo) -> None:
-    """Every evaluation reads the same windows: make sure there are enough, now."""
+def check_val_split(cfg: TrainConfig, data_dir: Path, dist: DistInfo, tokenizer: Tokenizer) -> None:
+    """Every evaluation reads the same windows: make sure there are enough, now, and that the
+    manifest's counts, which bits per byte divides by, agree with the shards."""
+    check_split_counts(data_dir, "val", tokenizer)
     b = cfg.batch
     # validate() made eval.val_tokens cover a window per rank: only the split can be short.
     windows = Windows(data_dir, "val", b.seq_len).total
@@ -198,6 +201,18 @@ def prepare_run_dir(cfg: TrainConfig, dist: DistInfo) -> None:
     wait_for_main(dist)  # no rank looks into run_dir before the move
 
 
+def recover_checkpoints(cfg: TrainConfig, dist: DistInfo) -> None:
+    """A resumed run first finishes what a killed one left half-done in its checkpoints
+    directory (rank 0; the others wait): a checkpoint half-replaced is put back, abandoned
+    temporaries (a whole checkpoint each) are deleted. See `atomic.recover_directories`."""
+    if cfg.checkpoint.resume == "none":
+        return  # a new run moves an earlier one aside, leftovers and all
+    if dist.is_main:
+        for note in recover_directories(cfg.run.out_dir / "checkpoints"):
+            print(f"note: {note}", flush=True)
+    wait_for_main(dist)
+
+
 def write_run_records(s: Session) -> None:
     """config.json and environment.json (rank 0). Called once the run has started: a resume
     that is refused must leave the records of the run it would have continued as they were."""
@@ -213,7 +228,8 @@ def open_session(cfg: TrainConfig) -> Session:
     dist = init_distributed(device)
     cfg.validate(dist.world_size)
     r = cfg.run
-    ckpt.resume_point(cfg.checkpoint.resume, r.out_dir, r.max_steps, r.max_minutes)
+    recover_checkpoints(cfg, dist)
+    point = ckpt.resume_point(cfg.checkpoint.resume, r.out_dir, r.max_steps, r.max_minutes)
     for note in cfg.warnings():
         print0(dist, f"warning: {note}")
     if dist.enabled and device.type == "cuda":
@@ -224,7 +240,7 @@ def open_session(cfg: TrainConfig) -> Session:
     configure_backends(device)
     hellaswag = load_hellaswag(cfg)
     data_dir, tokenizer = ensure_dataset(cfg.data, dist)
-    check_val_split(cfg, data_dir, dist)
+    check_val_split(cfg, data_dir, dist, tokenizer)
     manifest = read_manifest(data_dir)
     if cfg.model.vocab_size != tokenizer.vocab_size:
         print0(
@@ -251,8 +267,10 @@ def open_session(cfg: TrainConfig) -> Session:
     config_json = json.dumps(asdict(cfg), indent=2, default=str)
     prepare_run_dir(cfg, dist)
     wandb = cfg.log.wandb_project if cfg.log.wandb else None
+    tensorboard = cfg.log.tensorboard and dist.is_main
+    purge = point[1] + 1 if point is not None else None  # what the resumed run logs again
     writer = MetricsWriter(
-        run_dir, cfg.log.tensorboard and dist.is_main, wandb if dist.is_main else None, asdict(cfg)
+        run_dir, tensorboard, wandb if dist.is_main else None, asdict(cfg), purge_step=purge
     )
     fpt = flops_per_token(cfg.model, cfg.batch.seq_len, gpt.num_params())
     peak, peak_source = peak_flops_for(device, dtype)

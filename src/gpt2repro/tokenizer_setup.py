@@ -124,7 +124,8 @@ def ensure_dataset(cfg: DataConfig, dist: DistInfo) -> tuple[Path, Tokenizer]:
         prepare_dataset(cfg.dataset, cfg.data_root, spec)
     wait_for_main(dist)
     found = find_prepared(cfg, tokenizer) or prepared_otherwise(cfg)
-    if found is None and cfg.dataset not in DATASETS and not Path(cfg.dataset).is_dir():
+    by_name = len(Path(cfg.dataset).parts) == 1  # a path gets resolve_dataset's message
+    if found is None and by_name and cfg.dataset not in DATASETS and not Path(cfg.dataset).is_dir():
         raise FileNotFoundError(
             f"No prepared dataset {cfg.dataset!r} in {cfg.data_root} (for {tokenizer.identifier} "
             f"tokens). Prepare local files under that name with `gpt2repro prepare files PATHS "

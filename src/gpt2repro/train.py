@@ -23,7 +23,7 @@ import torch
 from gpt2repro import checkpoint as ckpt
 from gpt2repro.config import TrainConfig
 from gpt2repro.data.loader import TokenLoader
-from gpt2repro.distributed import agree, broadcast_object, gather_objects, print0
+from gpt2repro.distributed import agree, all_reduce_sum, broadcast_object, gather_objects, print0
 from gpt2repro.evaluation.hellaswag import hellaswag_eval
 from gpt2repro.evaluation.val import split_loss
 from gpt2repro.optim import lr_at, set_lr
@@ -31,6 +31,7 @@ from gpt2repro.parallelize import (
     autocast,
     clip_grad_norm,
     grad_sync,
+    is_dtensor,
     is_sharded,
     train_forward_context,
     zero_grads,
@@ -147,6 +148,63 @@ def apply_step(s: Session, state: TrainState, loss: float, norm: float) -> bool:
     return not bad and not overflow
 
 
+class Diverged(ValueError):
+    """The weights, or the loss they give on validation data, are no longer finite: skipping
+    steps cannot bring such a model back, and a checkpoint of it is worthless."""
+
+
+def non_finite(s: Session) -> str | None:
+    """What about the model is no longer finite, as a clause; None if nothing is.
+
+    Finite weights can still be too large to compute with (an lr of 1e30 makes them ~1e29):
+    the loss of one validation batch tells. A collective: every rank checks its own shard,
+    and runs the forward (eagerly: a compiled model would recompile for it).
+    """
+    gpt = ckpt.unwrap(s.model)
+    names = [name for name, _ in gpt.named_parameters()]
+    local = [p.to_local() if is_dtensor(p) else p for p in gpt.parameters()]  # type: ignore[attr-defined]
+    flags = torch.stack([~torch.isfinite(t.detach()).all() for t in local]).float()
+    bad = all_reduce_sum(flags, s.dist)  # float: not every backend sums booleans
+    broken = [name for name, b in zip(names, bad.tolist(), strict=True) if b]
+    if broken:
+        more = f" and {len(broken) - 1} more" if len(broken) > 1 else ""
+        return f"weights ({broken[0]}{more}) hold inf or NaN"
+    b = s.cfg.batch
+    tokens = b.micro_batch * b.seq_len * s.dist.world_size  # one micro-batch per rank
+    with torch.compiler.set_stance("force_eager"):
+        loss = split_loss(
+            gpt,
+            s.data_dir,
+            "val",
+            b.micro_batch,
+            b.seq_len,
+            tokens,
+            s.device,
+            s.dtype,
+            s.dist,
+            tokenizer=s.tokenizer,
+        )["loss"]
+    return None if math.isfinite(loss) else f"loss on a validation batch is {loss}"
+
+
+def check_finite(s: Session, state: TrainState, good: Path | None) -> None:
+    """Raise `Diverged` if the model is no longer finite; `good` is the newest checkpoint
+    known finite. Every rank calls it."""
+    what = non_finite(s)
+    if what is None:
+        return
+    again = (
+        f"resume from the last good checkpoint, --checkpoint.resume {good}"
+        if good is not None
+        else "start again"
+    )
+    raise Diverged(
+        f"step {state.step}: the model diverged: its {what}. Stopped before saving or sampling "
+        f"it. Lower --optim.lr (now {s.cfg.optim.lr:g}) and {again}; if the loss jumped at one "
+        f"batch, check the data (`gpt2repro data verify {s.data_dir}`)."
+    )
+
+
 def save(s: Session, state: TrainState, loader: TokenLoader, name: str | None = None) -> Path:
     """Write a training checkpoint and keep the newest K; every rank calls it, rank 0 writes."""
     root = s.run_dir / "checkpoints"
@@ -160,11 +218,16 @@ def save(s: Session, state: TrainState, loader: TokenLoader, name: str | None = 
 
 
 def resume(s: Session, loader: TokenLoader, source: Path) -> TrainState:
-    """Restore weights, optimizer, scaler, loader position and RNGs from `source`."""
+    """Restore weights, optimizer, scaler, loader position and RNGs from `source`, and check
+    that its weights still compute (the later checks take it as good)."""
     try:
         meta = ckpt.restore_train_checkpoint(source, s.model, s.optimizer, s.scaler, s.dist)
     except ckpt.DamagedCheckpoint as e:  # every rank reads the same files, so all raise
         raise ckpt.DamagedCheckpoint(f"{e} {ckpt.fallback_advice(source)}") from None
+    if what := non_finite(s):  # written by a run that saved whatever it had
+        raise Diverged(
+            f"{source}: the model in it diverged: its {what}. {ckpt.fallback_advice(source)}"
+        )
     note = loader.load_state_dict(meta["loader"])
     print0(s.dist, f"resumed from {source} at step {meta['step']}")
     if note:
@@ -200,6 +263,7 @@ def evaluate(s: Session, state: TrainState) -> dict[str, float]:
         s.device,
         s.dtype,
         s.dist,
+        tokenizer=s.tokenizer,
     )
     if s.dist.is_main:
         # "tokens" is training progress in every record (the x axis of loss_tokens.png);
@@ -234,11 +298,8 @@ def write_samples(s: Session, state: TrainState, num: int = 2) -> None:
     # FSDP compiles blocks in place, so unwrap() cannot skip them: run them eagerly instead.
     with autocast(s.device, s.dtype), torch.compiler.set_stance("force_eager"):
         out = generate(model, idx, cfg, generator=gen)
-    if not s.dist.is_main:
-        return
-    with open(s.run_dir / "samples.txt", "a") as f:
-        for row in out.tolist():
-            f.write(f"=== step {state.step} ===\n{s.tokenizer.decode(row)}\n")
+    if s.dist.is_main:
+        s.writer.write_samples(state.step, [s.tokenizer.decode(row) for row in out.tolist()])
 
 
 def log_train(
@@ -287,6 +348,26 @@ def log_train(
 
 def due(step: int, interval: int) -> bool:
     return interval > 0 and step % interval == 0
+
+
+def writes_due(cfg: TrainConfig, step: int) -> bool:
+    """Whether `step` evaluates, samples or saves a checkpoint."""
+    intervals = (cfg.eval.interval, cfg.eval.sample_interval, cfg.checkpoint.interval)
+    return any(due(step, interval) for interval in intervals)
+
+
+def periodic(s: Session, state: TrainState, loader: TokenLoader, last_step: bool) -> Path | None:
+    """The evaluation (saving a new best), samples and checkpoint due at this step; returns
+    the checkpoint written, if one was. At the last step finish() evaluates and samples."""
+    c = s.cfg
+    if due(state.step, c.eval.interval) and not last_step:
+        val = evaluate_or_save(s, state, loader)
+        if val["loss"] < state.best_val_loss:
+            state.best_val_loss = val["loss"]
+            save(s, state, loader, name="best")
+    if due(state.step, c.eval.sample_interval) and not last_step:
+        write_samples(s, state)
+    return save(s, state, loader) if due(state.step, c.checkpoint.interval) else None
 
 
 def out_of_time(cfg: TrainConfig, train_seconds: float) -> bool:
@@ -370,20 +451,15 @@ def train(cfg: TrainConfig) -> RunResult:
                 train_dt = state.train_seconds - train_s_log
                 log_train(s, state, loss_avg, norm, lr, t_log, steps_since_log, train_dt)
                 t_log, steps_since_log, train_s_log = time.perf_counter(), 0, state.train_seconds
+            # At the last step, or when stopping for time, finish() evaluates and samples.
+            last_step = state.step == c.run.max_steps or timed_out
+            writes = last_step or signalled or writes_due(c, state.step)
+            if writes or not math.isfinite(loss_avg):  # a bad batch, or a broken model?
+                check_finite(s, state, good=last or source)
             if state.bad_streak >= c.stability.max_bad_steps:
                 stopped_by = "unstable"
                 break
-            # At the last step, or when stopping for time, finish() evaluates and samples.
-            last_step = state.step == c.run.max_steps or timed_out
-            if due(state.step, c.eval.interval) and not last_step:
-                val = evaluate_or_save(s, state, loader)
-                if val["loss"] < state.best_val_loss:
-                    state.best_val_loss = val["loss"]
-                    save(s, state, loader, name="best")
-            if due(state.step, c.eval.sample_interval) and not last_step:
-                write_samples(s, state)
-            if due(state.step, c.checkpoint.interval):
-                last = save(s, state, loader)
+            last = periodic(s, state, loader, last_step) or last
             if signalled or timed_out:
                 stopped_by = "signal" if signalled else "time_limit"
                 break

@@ -67,7 +67,7 @@ def test_bench_eval_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         (["bench", "sample", "--model", "init:tiny", "--prompt-tokens", "-3"], "prompt_tokens=-3"),
         (["bench", "train", "--steps", "0"], "steps=0 must be at least 1"),
         (["bench", "peak", "--device", "xpu"], "Device 'xpu' is not supported"),
-        (["sample", "init:tiny", "--temperature", "nan"], "temperature=nan must be >= 0"),
+        (["sample", "init:tiny", "--temperature", "nan"], "--temperature nan must be finite"),
     ],
 )
 def test_bench_commands_report_bad_input_in_one_line(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,7 +74,7 @@ def test_bad_inputs_give_one_clear_message(
         (["sample", str(tmp_path)], ["neither a gpt2repro checkpoint"]),
         (["sample", "--prompt-file", str(tmp_path / "p.txt")], ["no such file"]),
         (["sample", "--prompt", "word " * 80], ["context is 64", "Shorten the prompt"]),
-        (["sample", "--temperature", "-1"], ["temperature=-1"]),
+        (["sample", "--temperature", "-1"], ["--temperature -1"]),
         (["tokenizer", "train", str(text_file), "--vocab-size", "10"], ["258"]),
         (["tokenizer", "train", str(tmp_path / "nope.txt")], ["nope.txt"]),
         (["tokenizer", "train", str(text_file), "--out", str(tmp_path / "t.txt")], ["*.json"]),
@@ -225,16 +226,21 @@ def test_truncated_weights_name_the_file(
     assert "another checkpoint" in err
 
 
-def test_run_directory_points_at_its_checkpoints(
+def test_run_directory_stands_for_its_best_checkpoint(
     tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run_dir = tiny_checkpoint.parent.parent
     (run_dir / "config.json").write_text("{}")  # as train writes: not an HF config
-    code, _, err = run_cli(["sample", str(run_dir)], capsys)
-    assert_user_error(code, err, "run directory", str(tiny_checkpoint), "best, step_000010")
-    assert "model.safetensors" not in err
-    code, out, err = run_cli(["sample", str(tiny_checkpoint), "--max-new-tokens", "2"], capsys)
+    code, out, err = run_cli(["sample", str(run_dir), "--max-new-tokens", "2"], capsys)
     assert code == 0 and "--- sample 1/1 ---" in out, err
+    assert f"using {tiny_checkpoint} (the run's best checkpoint)" in err
+    shutil.rmtree(tiny_checkpoint)  # no best yet: the newest step stands for the run
+    code, out, err = run_cli(["sample", str(run_dir), "--max-new-tokens", "2"], capsys)
+    assert code == 0 and f"using {run_dir / 'checkpoints' / 'step_000010'}" in err, err
+    shutil.rmtree(run_dir / "checkpoints" / "step_000010")
+    code, _, err = run_cli(["sample", str(run_dir)], capsys)
+    assert_user_error(code, err, "run directory with no checkpoint yet", "--checkpoint.interval")
+    assert "model.safetensors" not in err
 
 
 @pytest.mark.parametrize("content", ["", '{"model": ', "[1, 2]"])

@@ -61,7 +61,7 @@ def test_validation_collects_every_problem() -> None:
 def test_zero_batch_sizes_are_a_validation_error(field: str) -> None:
     cfg = TrainConfig()
     setattr(cfg.batch, field, 0)
-    with pytest.raises(ValueError, match=rf"batch\.{field}=0 must be positive"):
+    with pytest.raises(ValueError, match=rf"batch\.{field}=0 must be >= 1"):
         cfg.validate()
 
 
@@ -79,7 +79,7 @@ def test_nonsense_values_are_rejected(tmp_path: Path) -> None:
     for needle in (
         "run.max_minutes=-1 must be positive",
         "eval.interval=-1, checkpoint.interval=-5 must be >= 0",
-        "eval.val_tokens=0 must be at least",
+        "eval.val_tokens=0 must be >= 1 (and at least batch.seq_len x world size)",
         "data.tokenizer='train:abc'",
         "checkpoint.resume=",
         "nope.jsonl",

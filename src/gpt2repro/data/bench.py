@@ -42,6 +42,7 @@ from gpt2repro.data.loader import TokenLoader
 from gpt2repro.data.manifest import read_manifest, split_shards
 from gpt2repro.data.prepare import prepare_dataset
 from gpt2repro.data.shards import read_tokens, token_dtype
+from gpt2repro.data.verify import token_byte_lengths
 from gpt2repro.data.writer import DatasetWriter, TokenizerInfo
 from gpt2repro.tokenizer import GPT2Tokenizer
 
@@ -179,11 +180,11 @@ def write_synthetic_dataset(
     writer = DatasetWriter(
         out_dir, {"settings": settings, "source": source}, tok, shard_tokens, dtype
     )
+    sizes = token_byte_lengths(GPT2Tokenizer())  # what the ids decode to, as verify recounts
     try:
         for doc, (lo, hi) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
             split = "val" if doc == len(starts) - 1 else "train"
-            # Bytes only feed bits-per-byte; GPT-2's tokenizer averages about 4 per token.
-            writer.add(doc, split, ids[lo:hi], nbytes=4 * (hi - lo - 1))
+            writer.add(doc, split, ids[lo:hi], nbytes=int(sizes[ids[lo:hi]].sum()))
         splits = writer.finish()
     finally:
         writer.close()

@@ -63,7 +63,7 @@ class VerifyArgs:
     data_dir: Path = Path("data")
     """Root folder of prepared datasets."""
     tokenizer: str | None = None
-    """Tokenizer the dataset was prepared with, to pick among datasets of one name (default: the only one there is)."""
+    """Tokenizer the dataset was prepared with: picks among datasets of one name (default: the only one there is), and counts the bytes if the manifest's tokenizer file has moved."""
 
 
 @dataclass
@@ -122,18 +122,46 @@ def resolve_dataset(dataset: str, data_dir: Path, tokenizer: str = "gpt2") -> Pa
     if (as_path / MANIFEST).is_file() or (as_path / PROGRESS).is_file():
         return as_path
     by_name = dataset_dir(data_dir, dataset, load_tokenizer(tokenizer).identifier)
-    if by_name.is_dir():
+    if by_name != as_path and by_name.is_dir():  # reading its manifest says what is missing
         return by_name
-    if as_path.is_dir():  # a folder named directly: reading its manifest says what is missing
-        return as_path
+    # Something that is there but is no dataset; a plain name that is only a file here
+    # (not a folder) still means a dataset's name.
+    if as_path.is_dir() or (as_path.exists() and len(as_path.parts) > 1):
+        raise _not_a_dataset(as_path, data_dir, tokenizer)
     known = sorted(p.name for p in data_dir.glob("*") if (p / MANIFEST).is_file())
     # A path names the folder itself; a plain name is looked up under data_dir.
     target = as_path if len(as_path.parts) > 1 else data_dir / dataset
     create = prepare_command(target, tokenizer)
+    looked = " and ".join(dict.fromkeys(str(p) for p in (as_path, by_name)))
     raise FileNotFoundError(
-        f"No prepared dataset {dataset!r} (looked for {as_path} and {by_name}). "
+        f"No prepared dataset {dataset!r} (looked for {looked}). "
         f"Prepared in {data_dir}: {', '.join(known) or 'none'}. "
         f"Create it with `{create}`."
+    )
+
+
+def _not_a_dataset(path: Path, data_dir: Path, tokenizer: str) -> FileNotFoundError:
+    """`path` exists but holds no manifest: say what a dataset argument is, and how to make one."""
+    from gpt2repro.data.manifest import MANIFEST, prepare_command
+
+    expected = (
+        f"Pass a prepared dataset's folder (one holding {MANIFEST}), or the name of one "
+        f"under {data_dir}."
+    )
+    if path.is_dir() and not any(path.iterdir()):
+        return FileNotFoundError(
+            f"{path} is an empty folder, not a prepared dataset. {expected} Create it with "
+            f"`{prepare_command(path, tokenizer)}`."
+        )
+    what, name = (
+        ("a file", path.stem) if path.is_file() else (f"a folder without {MANIFEST}", path.name)
+    )
+    create = f"gpt2repro prepare files {path} --name {name} --data-dir {data_dir}"
+    if tokenizer != "gpt2":
+        create += f" --tokenizer {tokenizer}"
+    return FileNotFoundError(
+        f"{path} is {what}, not a prepared dataset. {expected} To use the text in it, "
+        f"prepare it first: `{create}`."
     )
 
 
@@ -155,8 +183,10 @@ def _dataset_to_verify(args: VerifyArgs) -> Path:
 
 def run_verify(args: VerifyArgs) -> None:
     from gpt2repro.data.verify import verify_dataset
+    from gpt2repro.tokenizer import load_tokenizer
 
-    summary = verify_dataset(_dataset_to_verify(args))
+    tokenizer = None if args.tokenizer is None else load_tokenizer(args.tokenizer)
+    summary = verify_dataset(_dataset_to_verify(args), tokenizer)
     parts = [
         f"{split} {s['shards']} shards, {s['tokens']:,} tokens, {s['documents']:,} documents"
         for split, s in summary["splits"].items()

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpt2repro.data.manifest import read_manifest, split_shards
-from gpt2repro.data.shards import ShardFormatError, read_tokens
+from gpt2repro.data.manifest import fix_hint, read_manifest, split_shards
+from gpt2repro.data.verify import open_split
 
 __all__ = ["TokenLoader", "eval_batches", "read_manifest", "to_device"]
 
@@ -49,28 +49,28 @@ def _check_args(batch_size: int, seq_len: int, rank: int, world_size: int) -> No
 
 
 class Windows:
-    """The (T + 1)-token windows of one split, across its memory-mapped shards."""
+    """The (T + 1)-token windows of one split, across its memory-mapped shards.
+
+    Opening a split checks what costs only the headers: every header field, and that
+    the manifest's per-shard and split token counts are the headers' (`data.verify`).
+    Token ids are checked per batch as it is read (`_check_ids`). Reading whole splits is
+    left to `gpt2repro data verify` (CRC-32, every id) and, for the split bits per byte is
+    computed on, to `data.verify.check_split_counts` (its byte count).
+    """
 
     def __init__(self, data_dir: Path, split: str, seq_len: int) -> None:
         manifest = read_manifest(data_dir)
-        ident = manifest["tokenizer"]["identifier"]
         self.vocab_size: int = manifest["tokenizer"]["vocab_size"]
         self.seq_len = seq_len
         self.data_dir = data_dir
         self.paths = split_shards(manifest, data_dir, split)
-        self.shards: list[np.ndarray] = []
-        for path in self.paths:
-            try:
-                header, tokens = read_tokens(path)
-            except (ShardFormatError, FileNotFoundError) as e:
-                raise ValueError(f"{e}. Run `gpt2repro data verify {data_dir}` for details.") from e
-            if header.tokenizer != ident or header.vocab_size != self.vocab_size:
-                raise ValueError(
-                    f"{path}: written by tokenizer {header.tokenizer!r} with "
-                    f"{header.vocab_size} tokens, not the dataset's {ident!r} with "
-                    f"{self.vocab_size}. Run `gpt2repro data verify {data_dir}` for details."
-                )
-            self.shards.append(tokens)
+        opened, problems = open_split(data_dir, manifest, split)
+        if problems:
+            raise ValueError(
+                f"{data_dir} does not match its manifest: {'; '.join(problems)}. "
+                f"{fix_hint(data_dir, manifest)}"
+            )
+        self.shards = [tokens for _, tokens in opened]
         counts = [max(0, (len(t) - 1) // seq_len) for t in self.shards]
         self.starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
         self.total = int(self.starts[-1])

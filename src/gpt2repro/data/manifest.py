@@ -46,9 +46,13 @@ def dataset_dir(data_root: Path, name: str, tokenizer_identifier: str) -> Path:
 
 
 def prepared_under_name(data_root: Path, name: str) -> list[Path]:
-    """Finished datasets called `name` under `data_root`, with any tokenizer (gpt2's first)."""
-    root = Path(data_root)
-    found = [root / name, *sorted(root.glob(f"{glob.escape(name)}-bpe-*"))]
+    """Finished datasets called `name` under `data_root`, with any tokenizer (gpt2's first).
+
+    `name` may also be a path (`/data/mine`, `runs/data/mine`): its siblings are searched,
+    as `Path.glob` takes no absolute pattern.
+    """
+    base = Path(data_root) / name  # an absolute `name` replaces data_root
+    found = [base, *sorted(base.parent.glob(f"{glob.escape(base.name)}-bpe-*"))]
     return [p for p in found if (p / MANIFEST).is_file()]
 
 
@@ -102,6 +106,14 @@ def redo_hint(data_dir: Path, manifest: dict[str, Any] | None = None) -> str:
     if identifier != "gpt2":
         command += " --tokenizer TOKENIZER.json"
     return f"re-create the dataset with `{command} --data-dir {Path(data_dir).parent} --overwrite`."
+
+
+def fix_hint(data_dir: Path, manifest: dict[str, Any] | None = None) -> str:
+    """What to do about a dataset whose files disagree with each other, as a sentence."""
+    return (
+        f"Run `gpt2repro data verify {data_dir}` to see every problem, then "
+        f"{redo_hint(data_dir, manifest)}"
+    )
 
 
 def read_manifest(data_dir: Path) -> dict[str, Any]:

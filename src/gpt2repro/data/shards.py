@@ -15,9 +15,13 @@ Layout (all integers little-endian):
     256     ...   count tokens
 
 A file is a valid shard only when its size is exactly 256 + count * bytes-per-token, so a
-truncated copy is caught from the header alone. Shards are written under a `.tmp` name
-and renamed into place once complete (a rename is atomic), so a killed writer never leaves
-a file that looks like a finished shard; an unfinished `.tmp` has an all-zero header.
+truncated copy is caught from the header alone. `read_header` also refuses any field
+outside its defined values (bytes 104..255 non-zero, an end-of-text id not below the
+vocabulary size, ...); what a field must equal for one dataset (tokenizer, vocabulary,
+end-of-text id, count, CRC-32) is checked against its manifest by
+`data.verify.header_problems`. Shards are written under a `.tmp` name and renamed into
+place once complete (a rename is atomic), so a killed writer never leaves a file that
+looks like a finished shard; an unfinished `.tmp` has an all-zero header.
 """
 
 from __future__ import annotations
@@ -112,7 +116,8 @@ def read_header(path: Path) -> ShardHeader:
     """Decode and check the header of `path`, including that the file size matches it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: shard file is missing.")
+        # No final period, like every ShardFormatError: callers append their own advice.
+        raise FileNotFoundError(f"{path}: shard file is missing")
     size = path.stat().st_size
     with open(path, "rb") as f:
         raw = f.read(HEADER_SIZE)
@@ -131,10 +136,13 @@ def read_header(path: Path) -> ShardHeader:
         )
     if itemsize not in (2, 4):
         raise ShardFormatError(path, f"bytes per token is {itemsize}; only 2 and 4 exist")
+    problem = _field_problem(raw, itemsize, vocab, eot, name)
+    if problem:
+        raise ShardFormatError(path, problem)
     header = ShardHeader(
         count=count,
         vocab_size=vocab,
-        tokenizer=name.rstrip(b"\0").decode("utf-8", errors="replace"),
+        tokenizer=name.rstrip(b"\0").decode("utf-8"),
         eot_id=eot,
         crc32=crc,
         itemsize=itemsize,
@@ -146,6 +154,33 @@ def read_header(path: Path) -> ShardHeader:
             path, f"{what}: the file is {size} bytes, its header says {header.file_size}"
         )
     return header
+
+
+def _field_problem(raw: bytes, itemsize: int, vocab: int, eot: int, name: bytes) -> str | None:
+    """What is wrong with the header fields that have a fixed rule, or None.
+
+    Every field has a defined value, so any other value means a damaged or foreign file;
+    the rules need only the 256 header bytes, so every reader can afford them.
+    """
+    reserved = raw[_HEADER.size : HEADER_SIZE]
+    if any(reserved):
+        first = _HEADER.size + next(i for i, b in enumerate(reserved) if b)
+        zero = f"{_HEADER.size}..{HEADER_SIZE - 1}"
+        return f"header byte {first} is {raw[first]:#04x}; bytes {zero} must be zero"
+    if not 1 <= vocab <= 1 << 32:
+        return f"vocabulary size {vocab} is impossible (1 to 2**32 ids fit in a shard)"
+    if itemsize == 2 and vocab > UINT16_MAX_VOCAB:
+        return f"2-byte tokens cannot hold the ids of a vocabulary of {vocab}"
+    if eot >= vocab:
+        return f"end-of-text id {eot} is not below the vocabulary size {vocab}"
+    text = name.rstrip(b"\0")
+    if b"\0" in text:
+        return "the tokenizer identifier field has bytes after its NUL padding"
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError:
+        return "the tokenizer identifier field is not UTF-8"
+    return None
 
 
 def read_tokens(path: Path) -> tuple[ShardHeader, np.ndarray]:

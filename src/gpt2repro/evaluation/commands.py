@@ -29,13 +29,13 @@ class EvalArgs:
     """Evaluate a model: validation loss / perplexity / bits per byte, HellaSwag, lm-evaluation-harness tasks."""
 
     model: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="MODEL")]
-    """Checkpoint directory, exported Hugging Face directory, hub id (gpt2, gpt2-medium, ...) or init:PRESET."""
+    """Checkpoint directory, training run directory (its best checkpoint), exported Hugging Face directory, hub id (gpt2, gpt2-medium, ...) or init:PRESET."""
     tasks: tuple[str, ...] = ("hellaswag",)
-    """val (needs --data), hellaswag, or lm_eval:TASK for a harness task or group, e.g. lm_eval:gpt2_zeroshot (the GPT-2 paper's table) or lm_eval:lambada_openai."""
+    """val (on --data; a checkpoint defaults to the dataset it was trained on), hellaswag, or lm_eval:TASK for a harness task or group, e.g. lm_eval:gpt2_zeroshot (the GPT-2 paper's table) or lm_eval:lambada_openai."""
     data: str | None = None
-    """For val: a prepared dataset folder (holding manifest.json), or its name under --data-root; prepared with the model's tokenizer."""
+    """For val: a prepared dataset folder (holding manifest.json), or its name under --data-root; prepared with the model's tokenizer (default for a checkpoint: the dataset it was trained on)."""
     data_root: Path = Path("data")
-    """Folder of prepared datasets, where --data NAME is looked up."""
+    """Folder of prepared datasets, where --data NAME is looked up (and a checkpoint's training dataset, after the data root it was trained with)."""
     split: str = "val"
     """Split of --data to evaluate."""
     val_tokens: int | None = 10_485_760
@@ -81,7 +81,7 @@ class CardArgs:
     """Write a Hugging Face model card (README.md) next to an export of a checkpoint."""
 
     checkpoint: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="CHECKPOINT")]
-    """Checkpoint directory (or an exported Hugging Face directory)."""
+    """Checkpoint directory, training run directory (its best checkpoint) or an exported Hugging Face directory."""
     export_dir: Path | None = None
     """Exported model folder; exported here first unless it holds one (default: CHECKPOINT-hf)."""
     name: str | None = None
@@ -90,8 +90,8 @@ class CardArgs:
     """License identifier for the card's metadata."""
 
 
-def _check_eval_args(args: EvalArgs) -> None:
-    """Every bad argument in one error."""
+def _check_eval_args(args: EvalArgs, knows_dataset: bool) -> None:
+    """Every bad argument in one error; `knows_dataset`: the model records its training data."""
     problems = []
     for task in args.tasks:
         if task not in ("val", "hellaswag") and not (
@@ -100,8 +100,11 @@ def _check_eval_args(args: EvalArgs) -> None:
             problems.append(f"unknown task {task!r} (use val, hellaswag or lm_eval:TASK)")
     if not args.tasks:
         problems.append("no tasks given (use --tasks val hellaswag lm_eval:TASK ...)")
-    if "val" in args.tasks and args.data is None:
-        problems.append("the val task needs --data, a dataset folder from `gpt2repro prepare`")
+    if "val" in args.tasks and args.data is None and not knows_dataset:
+        problems.append(
+            "the val task needs --data, a dataset folder from `gpt2repro prepare` (this model "
+            "records no training dataset)"
+        )
     for name in ("limit", "val_tokens", "seq_len"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -120,12 +123,14 @@ def run_eval(args: EvalArgs) -> dict[str, dict[str, Any]]:
     """Evaluate, print a table and write (merge) the results JSON; returns the new entries."""
     import torch
 
-    from gpt2repro.distributed import init_distributed, shutdown
-    from gpt2repro.loading import load_source
+    from gpt2repro.distributed import dist_info_from_env, init_distributed, shutdown
+    from gpt2repro.loading import load_source, resolve_source
     from gpt2repro.parallelize import configure_backends, resolve_dtype
     from gpt2repro.runtime import resolve_device, seed_everything
 
-    _check_eval_args(args)
+    source = resolve_source(args.model, quiet=not dist_info_from_env().is_main)
+    trained_on = _trained_on(source)
+    _check_eval_args(args, trained_on is not None)
     device = resolve_device(args.device)
     dist = init_distributed(device)  # under torchrun: val and HellaSwag split across ranks
     if dist.enabled and device.type == "cuda":
@@ -133,23 +138,27 @@ def run_eval(args: EvalArgs) -> dict[str, dict[str, Any]]:
     dtype = resolve_dtype(args.dtype, device)
     configure_backends(device)
     seed_everything(args.seed)
-    loaded = load_source(args.model, device, args.tokenizer)
+    loaded = load_source(source, device, args.tokenizer)
     model: torch.nn.Module = loaded.model.eval()
     if args.compile:
         model = torch.compile(model)  # type: ignore[assignment]
     tok = loaded.tokenizer
-    path = args.out or default_results_path(args.model)
+    path = args.out or default_results_path(source)
     results: dict[str, dict[str, Any]] = {}
 
     def finished(entries: dict[str, dict[str, Any]]) -> None:
         # Written as each task ends: a later task's failure loses nothing already computed.
         results.update(entries)
         if dist.is_main:
-            write_results(path, entries, _model_record(args.model, loaded))
+            write_results(path, entries, _model_record(source, loaded))
 
     try:
         # Every input is found and checked before the first forward pass.
-        val_data = _val_dataset(args, tok) if "val" in args.tasks else None
+        val_data = _val_dataset(args, tok, trained_on, dist) if "val" in args.tasks else None
+        if val_data is not None:
+            from gpt2repro.data.verify import check_split_counts
+
+            check_split_counts(val_data, args.split, tok)  # bits per byte divides by them
         examples = None
         if "hellaswag" in args.tasks:
             from gpt2repro.evaluation.hellaswag import load_examples
@@ -161,7 +170,7 @@ def run_eval(args: EvalArgs) -> dict[str, dict[str, Any]]:
         lm_tasks = lm_tasks if dist.is_main else []  # the harness runs as one process
         manager = _lm_eval_tasks(lm_tasks) if lm_tasks else None
         if val_data is not None:
-            finished(_val(args, val_data, model, device, dtype, dist))
+            finished(_val(args, val_data, model, tok, device, dtype, dist))
         if examples is not None:
             finished(_hellaswag(examples, model, tok, device, dtype, dist, args.batch_size))
         if lm_tasks:
@@ -174,12 +183,29 @@ def run_eval(args: EvalArgs) -> dict[str, dict[str, Any]]:
     return results
 
 
-def _val_dataset(args: EvalArgs, tok: Any) -> Path:
+def _trained_on(source: str) -> dict[str, Any] | None:
+    """The data settings a checkpoint was trained with (None: not a checkpoint, or none recorded)."""
+    from gpt2repro import checkpoint as ckpt
+
+    path = Path(source)
+    if not (path.is_dir() and ckpt.is_checkpoint(path)):
+        return None
+    config = ckpt.read_meta(path).get("config")  # checkpoints saved outside `train` have none
+    data = config.get("data") if isinstance(config, dict) else None
+    return data if isinstance(data, dict) and isinstance(data.get("dataset"), str) else None
+
+
+def _val_dataset(args: EvalArgs, tok: Any, trained_on: dict[str, Any] | None, dist: Any) -> Path:
     from gpt2repro.data.commands import resolve_dataset
     from gpt2repro.data.loader import read_manifest
+    from gpt2repro.distributed import print0
 
-    assert args.data is not None
-    data = resolve_dataset(args.data, args.data_root, tok.spec)
+    if args.data is not None:
+        data = resolve_dataset(args.data, args.data_root, tok.spec)
+    else:
+        assert trained_on is not None, "_check_eval_args lets val without --data through"
+        data = _training_dataset(trained_on, args.data_root, tok)
+        print0(dist, f"val: using the dataset the checkpoint was trained on: {data}")
     ident = read_manifest(data)["tokenizer"]["identifier"]
     if ident != tok.identifier:
         raise ValueError(
@@ -190,7 +216,28 @@ def _val_dataset(args: EvalArgs, tok: Any) -> Path:
     return data
 
 
-def _val(args: EvalArgs, data: Path, model: Any, device: Any, dtype: str, dist: Any) -> dict:
+def _training_dataset(trained_on: dict[str, Any], data_root: Path, tok: Any) -> Path:
+    """The prepared dataset a checkpoint was trained on, found as training found it: by name
+    (or folder) under the data root the run used, then under --data-root."""
+    from gpt2repro.config import DataConfig
+    from gpt2repro.tokenizer_setup import find_prepared
+
+    name = trained_on["dataset"]
+    roots = list(dict.fromkeys([Path(trained_on.get("data_root") or "data"), data_root]))
+    for root in roots:
+        found = find_prepared(DataConfig(dataset=name, data_root=root), tok)
+        if found is not None:
+            return found
+    raise FileNotFoundError(
+        f"val: the checkpoint was trained on {name!r} ({tok.identifier} tokens), not found "
+        f"under {' or '.join(str(r) for r in roots)}. Pass --data with its prepared folder, or "
+        f"--data-root with the folder it was prepared in."
+    )
+
+
+def _val(
+    args: EvalArgs, data: Path, model: Any, tok: Any, device: Any, dtype: str, dist: Any
+) -> dict:
     from gpt2repro.data.loader import read_manifest
     from gpt2repro.evaluation.val import split_loss
 
@@ -199,7 +246,16 @@ def _val(args: EvalArgs, data: Path, model: Any, device: Any, dtype: str, dist: 
     if seq_len > block:
         raise ValueError(f"--seq-len {seq_len} exceeds the model's context of {block} tokens.")
     r = split_loss(
-        model, data, args.split, args.batch_size, seq_len, args.val_tokens, device, dtype, dist
+        model,
+        data,
+        args.split,
+        args.batch_size,
+        seq_len,
+        args.val_tokens,
+        device,
+        dtype,
+        dist,
+        tokenizer=tok,
     )
     split = read_manifest(data)["splits"][args.split]
     info = {"seq_len": seq_len, "split_tokens": split["tokens"], "split_bytes": split["bytes"]}
@@ -252,7 +308,7 @@ def _lm_eval(
         dtype=dtype,
         batch_size=args.batch_size,
     )
-    lm.source = args.model
+    lm.source = loaded.source
     output = run_tasks(
         lm, tasks, limit=args.limit, bootstrap_iters=args.bootstrap_iters, manager=manager
     )

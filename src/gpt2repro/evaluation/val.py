@@ -2,7 +2,9 @@
 
 Bits-per-byte divides the total loss in bits by the UTF-8 bytes of the text it covers,
 so models with different tokenizers compare fairly. Over a token budget smaller than
-the split we use the split's bytes-per-token ratio from the manifest.
+the split we use the split's bytes-per-token ratio from the manifest, whose token and
+byte counts are first checked against the shards (`data.verify.check_split_counts`, once
+per process): a wrong count would scale the result without any other sign.
 
 With several ranks the batches are dealt out round-robin (`distributed.round_robin`) and
 the per-batch sums all-reduced, so the result is the one-process number: the same
@@ -13,12 +15,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from gpt2repro.data.loader import eval_batches, read_manifest, to_device
+from gpt2repro.data.loader import eval_batches, to_device
+from gpt2repro.data.verify import check_split_counts
 from gpt2repro.distributed import DistInfo, all_reduce_sum, round_robin
 from gpt2repro.parallelize import autocast, is_sharded
+
+if TYPE_CHECKING:
+    from gpt2repro.tokenizer import Tokenizer
 
 
 def bits_per_byte(loss_nats: float, tokens: int, nbytes: int) -> float:
@@ -37,8 +44,15 @@ def split_loss(
     device: torch.device,
     dtype: str,
     dist: DistInfo,
+    *,
+    tokenizer: Tokenizer | None = None,
 ) -> dict[str, float]:
-    """Mean next-token loss over the split's first `max_tokens` tokens, shared out over ranks."""
+    """Mean next-token loss over the split's first `max_tokens` tokens, shared out over ranks.
+
+    `tokenizer` (the dataset's) counts the split's bytes; by default the manifest's spec.
+    """
+    # Before any forward pass: a dataset whose counts are wrong fails in seconds.
+    counts = check_split_counts(data_dir, split, tokenizer)
     was_training = model.training
     model.eval()
     total = torch.zeros((), device=device, dtype=torch.float64)
@@ -64,10 +78,9 @@ def split_loss(
             f"{data_dir}: split {split!r} has no complete window of {seq_len + 1} tokens."
         )
     loss_value = (total / count).item()
-    manifest = read_manifest(data_dir)["splits"][split]
     return {
         "loss": loss_value,
         "ppl": math.exp(min(loss_value, 700.0)),
-        "bpb": bits_per_byte(loss_value, manifest["tokens"], manifest["bytes"]),
+        "bpb": bits_per_byte(loss_value, counts["tokens"], counts["bytes"]),
         "tokens": int(count.item()),
     }
