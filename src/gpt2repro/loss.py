@@ -46,12 +46,20 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def _chunk_logits(x: torch.Tensor, w: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """fp32 logits (n, V_padded) of one chunk, padded columns at -inf so they get no mass."""
+def _chunk_logits(
+    x: torch.Tensor, w: torch.Tensor, vocab_size: int, softcap: float
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """fp32 logits (n, V_padded) of one chunk, padded columns at -inf so they get no mass;
+    with a soft cap c, the capped logits c * tanh(z / c) and tanh(z / c) itself (backward's
+    factor 1 - tanh^2), else None."""
     logits = (x @ w.t()).float()
+    tanh = None
+    if softcap > 0:
+        tanh = torch.tanh(logits / softcap)
+        logits = tanh * softcap
     if logits.size(1) > vocab_size:
         logits[:, vocab_size:] = float("-inf")
-    return logits
+    return logits, tanh
 
 
 def _chunked_forward(
@@ -61,6 +69,7 @@ def _chunked_forward(
     vocab_size: int,
     chunk: int,
     grads: bool,
+    softcap: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Summed loss, the count of scored tokens and, if `grads`, the gradients of the sum
     with respect to `x` and `weight` (fp32; dividing by the count is left to the caller)."""
@@ -77,7 +86,9 @@ def _chunked_forward(
             t = targets[s : s + chunk]
             valid = valid_all[s : s + chunk, None]  # (n, 1)
             safe_t = t.clamp(min=0)[:, None]
-            logp = torch.log_softmax(_chunk_logits(xc, w, vocab_size), dim=1)  # (n, Vp)
+            logits, tanh = _chunk_logits(xc, w, vocab_size, softcap)
+            logp = torch.log_softmax(logits, dim=1)  # (n, Vp)
+            del logits
             total = total - (logp.gather(1, safe_t) * valid).sum()
             if grads:
                 assert grad_x is not None
@@ -86,6 +97,8 @@ def _chunked_forward(
                 # the 1/count of the mean waits for backward, so fp16 cannot underflow here.
                 probs = logp.exp_()
                 probs.scatter_add_(1, safe_t, torch.full_like(safe_t, -1, dtype=probs.dtype))
+                if tanh is not None:  # chain rule through c * tanh(z / c)
+                    probs.mul_(1 - tanh.square_())
                 d = probs.to(dtype)
                 grad_x[s : s + chunk] = (d @ w) * valid
                 part = d.t() @ (xc * valid)  # (Vp, C)
@@ -94,7 +107,7 @@ def _chunked_forward(
                 del probs, d, part
             # Unbound before the next chunk's logits are allocated: otherwise this chunk's
             # (n, V) tensors stay alive beside them (eager only; compiled graphs free them).
-            del logp
+            del logp, tanh
     return total, count, grad_x, grad_w
 
 
@@ -107,8 +120,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         targets: torch.Tensor,
         vocab_size: int,
         chunk: int,
+        softcap: float,
     ) -> torch.Tensor:
-        total, count, grad_x, grad_w = _chunked_forward(x, weight, targets, vocab_size, chunk, True)
+        total, count, grad_x, grad_w = _chunked_forward(
+            x, weight, targets, vocab_size, chunk, True, softcap
+        )
         ctx.save_for_backward(grad_x, grad_w, count)
         ctx.dtypes = (x.dtype, weight.dtype)
         return total / count
@@ -120,7 +136,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # In place: a second (V, C) buffer would be the largest allocation left. The graph is
         # freed after this backward, so nothing reads these tensors again.
         x_dtype, w_dtype = ctx.dtypes
-        return grad_x.mul_(scale).to(x_dtype), grad_w.mul_(scale).to(w_dtype), None, None, None
+        return (
+            grad_x.mul_(scale).to(x_dtype),
+            grad_w.mul_(scale).to(w_dtype),
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def linear_cross_entropy(
@@ -129,18 +152,22 @@ def linear_cross_entropy(
     targets: torch.Tensor,
     vocab_size: int,
     chunk_tokens: int | None = None,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
     """Mean cross-entropy of softmax(x @ weight[:vocab_size].T) against `targets` (-1 = ignore).
 
     x: (N, C) hidden states; weight: (V_padded, C), rows past `vocab_size` never get
     probability; targets: (N,). Equals `F.cross_entropy(lm_head(x)[:, :vocab_size].float(),
-    targets, ignore_index=-1)` up to rounding, in the autocast dtype if one is active.
+    targets, ignore_index=-1)` up to rounding, in the autocast dtype if one is active; with
+    `softcap` c > 0 the logits are first capped as c * tanh(z / c).
     """
     chunk = chunk_tokens or chunk_tokens_for(weight.size(0), x.device.type)
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        loss: torch.Tensor = _LinearCrossEntropy.apply(x, weight, targets, vocab_size, chunk)
+        loss: torch.Tensor = _LinearCrossEntropy.apply(
+            x, weight, targets, vocab_size, chunk, softcap
+        )
         return loss
-    total, count, _, _ = _chunked_forward(x, weight, targets, vocab_size, chunk, grads=False)
+    total, count, _, _ = _chunked_forward(x, weight, targets, vocab_size, chunk, False, softcap)
     return total / count
 
 
@@ -152,9 +179,10 @@ class LinearCrossEntropy(nn.Module):
     would otherwise run eagerly, one memory pass per op.
     """
 
-    def __init__(self, vocab_size: int) -> None:
+    def __init__(self, vocab_size: int, softcap: float = 0.0) -> None:
         super().__init__()
         self.vocab_size = vocab_size
+        self.softcap = softcap
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return linear_cross_entropy(x, weight, targets, self.vocab_size)
+        return linear_cross_entropy(x, weight, targets, self.vocab_size, softcap=self.softcap)
