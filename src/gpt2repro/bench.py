@@ -110,7 +110,7 @@ def bench_shakespeare(out_root: Path, calibration_steps: int = 100) -> dict[str,
     from dataclasses import replace
 
     from gpt2repro.presets import train_preset
-    from gpt2repro.train import train
+    from gpt2repro.training.loop import train
 
     whole_split = 1 << 40
     ours = train_preset("shakespeare_cpu")

@@ -49,9 +49,9 @@ class Variant:
         from gpt2repro.config import OptimConfig
         from gpt2repro.metrics import flops_per_token
         from gpt2repro.model import GPT
-        from gpt2repro.optim import build_optimizer
         from gpt2repro.parallelize import configure_backends
         from gpt2repro.presets import model_preset, train_preset
+        from gpt2repro.training.optimizer import build_optimizer
 
         if shape not in TRAIN_SHAPES:
             raise ValueError(f"Unknown shape {shape!r}; choose from {', '.join(TRAIN_SHAPES)}.")

@@ -175,13 +175,13 @@ def run_train(argv: list[str]) -> None:
     )
     cfg, dry_run = parsed.config, parsed.dry_run
     if dry_run:
-        from gpt2repro.plan import dry_run_report
+        from gpt2repro.training.plan import dry_run_report
 
         report = dry_run_report(cfg)
         if dist_info_from_env().is_main:  # under torchrun, one report, not one per rank
             print(report)
         return
-    from gpt2repro.train import train
+    from gpt2repro.training.loop import train
 
     result = train(cfg)
     if dist_info_from_env().is_main:

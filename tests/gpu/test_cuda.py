@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch._dynamo.testing import CompileCounterWithBackend
 
-import gpt2repro.train as train_module
+import gpt2repro.training.loop as train_module
 from gpt2repro.checkpoint import load_train_state
 from gpt2repro.config import (
     BatchConfig,
@@ -37,9 +37,9 @@ from gpt2repro.evaluation.val import split_loss
 from gpt2repro.loss import linear_cross_entropy
 from gpt2repro.metrics import datasheet_peak, measure_matmul_peak
 from gpt2repro.model import GPT, GPTConfig
-from gpt2repro.optim import build_optimizer
 from gpt2repro.parallelize import autocast, resolve_dtype
 from gpt2repro.sampling import SamplingConfig, generate
+from gpt2repro.training.optimizer import build_optimizer
 
 pytestmark = [
     pytest.mark.gpu,

@@ -242,8 +242,8 @@ def test_a_bad_resume_checkpoint_fails_before_the_model_is_built(
     def built(*a: object, **k: object) -> None:
         raise AssertionError("the model was built before the checkpoint was checked")
 
-    monkeypatch.setattr("gpt2repro.session.GPT", built)
-    monkeypatch.setattr("gpt2repro.session.peak_flops_for", built)
+    monkeypatch.setattr("gpt2repro.training.setup.GPT", built)
+    monkeypatch.setattr("gpt2repro.training.setup.peak_flops_for", built)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
         main(["train", *args])

@@ -360,12 +360,12 @@ def test_train_stopped_by_a_signal_exits_128_plus_its_number(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import gpt2repro.train
+    import gpt2repro.training.loop
 
     def stopped(cfg: object) -> SimpleNamespace:
         return SimpleNamespace(
             run_dir=tmp_path, final_val={}, checkpoint=None, stopped_by="signal", signal=signum
         )
 
-    monkeypatch.setattr(gpt2repro.train, "train", stopped)
+    monkeypatch.setattr(gpt2repro.training.loop, "train", stopped)
     assert run_cli(["train"], capsys)[0] == code

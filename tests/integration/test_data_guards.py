@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import gpt2repro.train as train_module
+import gpt2repro.training.loop as train_module
 from gpt2repro.checkpoint import save_checkpoint
 from gpt2repro.data import verify
 from gpt2repro.data.manifest import read_manifest

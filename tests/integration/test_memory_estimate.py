@@ -24,11 +24,11 @@ import pytest
 import torch
 
 from gpt2repro.config import OptimConfig
-from gpt2repro.memory import estimate_peak
 from gpt2repro.metrics import peak_memory_bytes
 from gpt2repro.model import GPT, GPTConfig
-from gpt2repro.optim import build_optimizer
 from gpt2repro.parallelize import cpu_has_bf16, train_forward_context
+from gpt2repro.training.memory import estimate_peak
+from gpt2repro.training.optimizer import build_optimizer
 
 TOLERANCE = 0.20
 SHAPES = {

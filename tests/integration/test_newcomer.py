@@ -23,7 +23,7 @@ from gpt2repro.config import (
     TrainConfig,
 )
 from gpt2repro.model import GPTConfig
-from gpt2repro.train import train
+from gpt2repro.training.loop import train
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

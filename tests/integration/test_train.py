@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import gpt2repro.train as train_module
+import gpt2repro.training.loop as train_module
 from gpt2repro.checkpoint import find_resume, load_model
 from gpt2repro.config import (
     BatchConfig,
@@ -35,7 +35,7 @@ from gpt2repro.config import (
 from gpt2repro.distributed import DistInfo
 from gpt2repro.evaluation.hellaswag import hellaswag_eval, load_examples
 from gpt2repro.model import GPTConfig
-from gpt2repro.optim import lr_at
+from gpt2repro.training.optimizer import lr_at
 
 
 def tiny_config(corpus: SimpleNamespace, out_dir: Path, steps: int = 12) -> TrainConfig:

@@ -13,15 +13,15 @@ from types import SimpleNamespace
 import pytest
 
 import gpt2repro.evaluation.hellaswag as hellaswag
-import gpt2repro.train as train_module
+import gpt2repro.training.loop as train_module
 from gpt2repro.cli import main
 from gpt2repro.config import DataConfig, TrainConfig
 from gpt2repro.data.loader import Windows
 from gpt2repro.data.manifest import read_manifest
 from gpt2repro.data.prepare import prepare_dataset
 from gpt2repro.distributed import DistInfo
-from gpt2repro.plan import dry_run_report
 from gpt2repro.tokenizer_setup import ensure_dataset
+from gpt2repro.training.plan import dry_run_report
 
 from .test_train import tiny_config
 
@@ -29,7 +29,7 @@ from .test_train import tiny_config
 @pytest.fixture(autouse=True)
 def no_peak_measurement(monkeypatch: pytest.MonkeyPatch) -> None:
     """MFU's matmul measurement takes seconds per run; these tests do not read MFU."""
-    monkeypatch.setattr("gpt2repro.session.peak_flops_for", lambda device, dtype: (1e12, "test"))
+    monkeypatch.setattr("gpt2repro.training.setup.peak_flops_for", lambda device, dtype: (1e12, "test"))
 
 
 def rows(run_dir: Path) -> list[dict[str, object]]:

@@ -162,9 +162,9 @@ def test_bench_shakespeare_gives_the_baseline_our_training_time_at_most(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The step-time probe only sizes the schedule; the time limit holds the budget."""
-    import gpt2repro.train as train_module
+    import gpt2repro.training.loop as train_module
     from gpt2repro.bench import BASELINE_TIME_SLACK, bench_shakespeare
-    from gpt2repro.train import RunResult, TrainState
+    from gpt2repro.training.loop import RunResult, TrainState
 
     seen = []
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gpt2repro import session
 from gpt2repro.metrics import datasheet_peak
 from gpt2repro.parallelize import resolve_dtype
 from gpt2repro.runtime import resolve_device
+from gpt2repro.training import setup as session
 
 CUDA = torch.device("cuda")
 

@@ -15,13 +15,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from gpt2repro import train
 from gpt2repro.checkpoint import restore_train_checkpoint, save_train_checkpoint
 from gpt2repro.config import OptimConfig, StabilityConfig
 from gpt2repro.model import GPT, GPTConfig
-from gpt2repro.optim import build_optimizer
 from gpt2repro.parallelize import resolve_dtype
 from gpt2repro.tokenizer import GPT2Tokenizer
+from gpt2repro.training import loop as train
+from gpt2repro.training.optimizer import build_optimizer
 
 CPU = torch.device("cpu")
 TOLERANCE = 2e-3  # nats; fp16 keeps 11 significant bits (measured: 1.2e-4 over 20 steps)

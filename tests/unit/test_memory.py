@@ -9,9 +9,12 @@ from dataclasses import fields
 import pytest
 import torch
 
-from gpt2repro import plan
 from gpt2repro.config import OptimConfig
-from gpt2repro.memory import (
+from gpt2repro.model import GPT, GPTConfig
+from gpt2repro.parallelize import train_forward_context
+from gpt2repro.presets import train_preset
+from gpt2repro.training import plan
+from gpt2repro.training.memory import (
     activation_bytes,
     activation_bytes_per_token,
     allocated_params,
@@ -23,10 +26,7 @@ from gpt2repro.memory import (
     uses_math_attention,
     valid_micro_batches,
 )
-from gpt2repro.model import GPT, GPTConfig
-from gpt2repro.optim import build_optimizer
-from gpt2repro.parallelize import train_forward_context
-from gpt2repro.presets import train_preset
+from gpt2repro.training.optimizer import build_optimizer
 
 CPU = torch.device("cpu")
 

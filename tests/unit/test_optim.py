@@ -9,7 +9,7 @@ import torch
 
 from gpt2repro.config import OptimConfig
 from gpt2repro.model import GPT, GPTConfig
-from gpt2repro.optim import build_optimizer, lr_at, param_groups
+from gpt2repro.training.optimizer import build_optimizer, lr_at, param_groups
 
 
 def test_schedule_matches_closed_form() -> None:

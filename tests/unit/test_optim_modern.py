@@ -10,7 +10,8 @@ import torch
 
 from gpt2repro.config import OptimConfig
 from gpt2repro.model import GPT, modern_model_options
-from gpt2repro.optim import (
+from gpt2repro.presets import tiny
+from gpt2repro.training.optimizer import (
     MuonAdamW,
     apply_schedule,
     build_optimizer,
@@ -18,7 +19,6 @@ from gpt2repro.optim import (
     muon_momentum_at,
     muon_params,
 )
-from gpt2repro.presets import tiny
 
 
 def test_wsd_matches_closed_form() -> None:

@@ -8,8 +8,8 @@ import torch
 from gpt2repro import parallelize
 from gpt2repro.config import OptimConfig
 from gpt2repro.model import GPT, GPTConfig
-from gpt2repro.optim import build_optimizer
 from gpt2repro.parallelize import autocast, cpu_has_bf16, resolve_dtype
+from gpt2repro.training.optimizer import build_optimizer
 
 TOLERANCE = 0.03  # nats; bf16 has an 8-bit mantissa, so per-step losses differ in the 2nd-3rd digit
 

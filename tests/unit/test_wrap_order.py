@@ -16,8 +16,8 @@ from gpt2repro.checkpoint import unwrap
 from gpt2repro.config import OptimConfig
 from gpt2repro.distributed import DistInfo
 from gpt2repro.model import GPT, GPTConfig
-from gpt2repro.optim import build_optimizer
 from gpt2repro.parallelize import full_tensor, grad_sync, shard_model, wrap_model, zero_grads
+from gpt2repro.training.optimizer import build_optimizer
 
 
 @pytest.fixture

@@ -10,7 +10,11 @@ import torch
 from gpt2repro import checkpoint as ckpt
 from gpt2repro.config import TrainConfig
 from gpt2repro.distributed import dist_info_from_env
-from gpt2repro.memory import (
+from gpt2repro.metrics import datasheet_peak, flops_per_token, measure_matmul_peak
+from gpt2repro.model import GPT
+from gpt2repro.parallelize import DTYPES, resolve_dtype
+from gpt2repro.runtime import resolve_device
+from gpt2repro.training.memory import (
     CPU_MALLOC_SLACK,
     RUNTIME_BYTES,
     device_memory_bytes,
@@ -18,10 +22,6 @@ from gpt2repro.memory import (
     fmt_bytes,
     suggest_micro_batch,
 )
-from gpt2repro.metrics import datasheet_peak, flops_per_token, measure_matmul_peak
-from gpt2repro.model import GPT
-from gpt2repro.parallelize import DTYPES, resolve_dtype
-from gpt2repro.runtime import resolve_device
 
 ASSUMED_MFU = 0.4  # what a tuned run reaches on GPUs; on CPU the measured matmul rate is already the practical peak
 
@@ -61,7 +61,7 @@ def _memory_lines(cfg: TrainConfig, device: torch.device, dtype: str, world: int
 
 def _run_dir_lines(cfg: TrainConfig) -> list[str]:
     """Where the run starts from and what happens to what out_dir holds (the checks `train` does)."""
-    from gpt2repro.session import previous_run
+    from gpt2repro.training.setup import previous_run
 
     r = cfg.run
     point = ckpt.resume_point(cfg.checkpoint.resume, r.out_dir, r.max_steps, r.max_minutes)

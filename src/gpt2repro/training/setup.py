@@ -38,7 +38,6 @@ from gpt2repro.metrics import (
     peak_memory_bytes,
 )
 from gpt2repro.model import GPT
-from gpt2repro.optim import build_optimizer
 from gpt2repro.parallelize import (
     DTYPES,
     check_parallel,
@@ -49,6 +48,7 @@ from gpt2repro.parallelize import (
 from gpt2repro.runtime import resolve_device, seed_everything
 from gpt2repro.tokenizer import Tokenizer
 from gpt2repro.tokenizer_setup import ensure_dataset
+from gpt2repro.training.optimizer import build_optimizer
 
 
 @dataclass

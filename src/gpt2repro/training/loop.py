@@ -26,7 +26,6 @@ from gpt2repro.data.loader import TokenLoader
 from gpt2repro.distributed import agree, all_reduce_sum, broadcast_object, gather_objects, print0
 from gpt2repro.evaluation.hellaswag import hellaswag_eval
 from gpt2repro.evaluation.val import split_loss
-from gpt2repro.optim import lr_at, set_lr
 from gpt2repro.parallelize import (
     autocast,
     clip_grad_norm,
@@ -38,7 +37,8 @@ from gpt2repro.parallelize import (
 )
 from gpt2repro.plot import plot_loss
 from gpt2repro.sampling import SamplingConfig, generate
-from gpt2repro.session import Session, open_session, write_run_records
+from gpt2repro.training.optimizer import lr_at, set_lr
+from gpt2repro.training.setup import Session, open_session, write_run_records
 
 
 @dataclass

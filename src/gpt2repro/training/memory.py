@@ -33,8 +33,8 @@ import torch
 from gpt2repro.config import TrainConfig
 from gpt2repro.loss import chunk_tokens_for
 from gpt2repro.model import GPTConfig
-from gpt2repro.optim import fused_by_default
 from gpt2repro.parallelize import CPU_MATH_ATTENTION_MAX_T
+from gpt2repro.training.optimizer import fused_by_default
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 FP32 = 4
