@@ -1,4 +1,4 @@
-"""fp16 with a GradScaler through train.py's own step functions, on the CPU.
+"""fp16 with a GradScaler through training's own step functions, on the CPU.
 
 Training refuses fp16 on the CPU at the boundary (`resolve_dtype`), so these tests build the
 pieces of a Session by hand and run `train_step` (scaled backward, unscale, clip) and
@@ -22,6 +22,7 @@ from gpt2repro.parallelize import resolve_dtype
 from gpt2repro.tokenizer import GPT2Tokenizer
 from gpt2repro.training import loop as train
 from gpt2repro.training.optimizer import build_optimizer
+from gpt2repro.training.step import train_step
 
 CPU = torch.device("cpu")
 TOLERANCE = 2e-3  # nats; fp16 keeps 11 significant bits (measured: 1.2e-4 over 20 steps)
@@ -57,13 +58,18 @@ def session(dtype: str, **scaler: float) -> SimpleNamespace:
     )
 
 
+def step(s: SimpleNamespace, batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
+    """The real forward/backward/unscale/clip of two micro-batches."""
+    return train_step(s.model, s.optimizer, s.scaler, batches.next_batch, 2, CPU, s.dtype, 1.0)
+
+
 def run_steps(s: SimpleNamespace, steps: int, batches: Batches | None = None) -> list[float]:
     """`steps` optimizer steps of two micro-batches each; returns (loss, grad norm) pairs, flat."""
     batches = batches or Batches()
     state = train.TrainState()
     out = []
     for _ in range(steps):
-        loss, norm = train.train_step(s, batches, accum=2)  # type: ignore[arg-type]
+        loss, norm = step(s, batches)
         train.apply_step(s, state, loss.item(), norm.item())  # type: ignore[arg-type]
         out += [loss.item(), norm.item()]
     return out
@@ -94,7 +100,7 @@ def test_overflow_skips_the_step_and_backs_off() -> None:
     before = {k: v.clone() for k, v in s.model.state_dict().items()}
     batches, state = Batches(), train.TrainState()
     for _ in range(3):
-        loss, norm = train.train_step(s, batches, accum=2)  # type: ignore[arg-type]
+        loss, norm = step(s, batches)
         assert not math.isfinite(norm.item())
         assert not train.apply_step(s, state, loss.item(), norm.item())  # type: ignore[arg-type]
     # Counted apart from bad steps: an overflow is routine for fp16 and must not end the run.

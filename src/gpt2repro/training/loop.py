@@ -28,17 +28,14 @@ from gpt2repro.evaluation.hellaswag import hellaswag_eval
 from gpt2repro.evaluation.val import split_loss
 from gpt2repro.parallelize import (
     autocast,
-    clip_grad_norm,
-    grad_sync,
     is_dtensor,
     is_sharded,
-    train_forward_context,
-    zero_grads,
 )
 from gpt2repro.plot import plot_loss
 from gpt2repro.sampling import SamplingConfig, generate
 from gpt2repro.training.optimizer import lr_at, set_lr
 from gpt2repro.training.setup import Session, open_session, write_run_records
+from gpt2repro.training.step import optimizer_step, train_step
 
 
 @dataclass
@@ -100,51 +97,36 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def train_step(s: Session, loader: TokenLoader, accum: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward/backward over `accum` micro-batches; returns (mean loss, grad norm) as tensors."""
-    total = torch.zeros((), device=s.device)
-    for micro in range(accum):
-        x, y = loader.next_batch()
-        with grad_sync(s.model, sync=micro == accum - 1):
-            with train_forward_context(s.device, s.dtype, x.size(1)):
-                loss = s.model(x, y) / accum  # mean over the whole step's tokens
-            s.scaler.scale(loss).backward()
-        total += loss.detach()
-    s.scaler.unscale_(s.optimizer)
-    clip = s.cfg.optim.grad_clip if s.cfg.optim.grad_clip > 0 else math.inf
-    return total, clip_grad_norm(s.model, clip)
-
-
-def is_bad_step(loss: float, norm: float, state: TrainState, s: Session) -> bool:
-    """Non-finite loss (or gradient, unless the fp16 scaler handles it), or a z-score spike.
+def is_bad_step(
+    loss: float, norm: float, recent: list[float], spike_zscore: float | None, scaled: bool
+) -> bool:
+    """Non-finite loss (or gradient, unless the fp16 scaler (`scaled`) handles it), or a loss
+    `spike_zscore` standard deviations above the `recent` good ones.
 
     `loss` is the mean over ranks and `norm` the global norm, so every rank decides alike.
     """
-    if not math.isfinite(loss) or (not math.isfinite(norm) and not s.scaler.is_enabled()):
+    if not math.isfinite(loss) or (not math.isfinite(norm) and not scaled):
         return True
-    z = s.cfg.stability.spike_zscore
-    window = state.recent_losses
-    if z is not None and len(window) >= 20:
-        mean = sum(window) / len(window)
-        std = math.sqrt(sum((v - mean) ** 2 for v in window) / len(window))
-        return loss > mean + z * max(std, 1e-8)
+    if spike_zscore is not None and len(recent) >= 20:
+        mean = sum(recent) / len(recent)
+        std = math.sqrt(sum((v - mean) ** 2 for v in recent) / len(recent))
+        return loss > mean + spike_zscore * max(std, 1e-8)
     return False
 
 
 def apply_step(s: Session, state: TrainState, loss: float, norm: float) -> bool:
     """Step the optimizer unless the step is bad; returns whether it was applied."""
-    bad = is_bad_step(loss, norm, state, s)
+    scaled = s.scaler.is_enabled()
+    bad = is_bad_step(loss, norm, state.recent_losses, s.cfg.stability.spike_zscore, scaled)
     if bad:
         state.skipped_steps += 1
         state.bad_streak += 1
     else:
-        s.scaler.step(s.optimizer)  # itself skips the update when the gradients overflowed
         state.bad_streak = 0
         state.recent_losses = [*state.recent_losses[-49:], loss]
+    optimizer_step(s.model, s.optimizer, s.scaler, apply=not bad)
     overflow = not bad and not math.isfinite(norm)  # only reachable with the scaler on
     state.overflow_steps += overflow
-    s.scaler.update()
-    zero_grads(s.model, s.optimizer)
     return not bad and not overflow
 
 
@@ -438,7 +420,16 @@ def train(cfg: TrainConfig) -> RunResult:
             lr = lr_at(state.step, c.optim, c.run.max_steps)
             set_lr(s.optimizer, lr)
             t0 = time.perf_counter()
-            loss, norm_t = train_step(s, loader, accum)
+            loss, norm_t = train_step(
+                s.model,
+                s.optimizer,
+                s.scaler,
+                loader.next_batch,
+                accum,
+                s.device,
+                s.dtype,
+                c.optim.grad_clip,
+            )
             timed_out = out_of_time(c, state.train_seconds + time.perf_counter() - t0)
             loss_avg, (signalled, timed_out) = agree(loss, (stop.requested, timed_out), s.dist)
             norm = norm_t.item()
