@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from gpt2repro.data.prepare import prepare_dataset
+from gpt2repro.data.train_bpe import train_bpe
 from gpt2repro.model import GPT, GPTConfig
-from gpt2repro.tokenizer import train_bpe
 
 
 @pytest.fixture

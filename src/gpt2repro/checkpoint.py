@@ -13,9 +13,14 @@ leave (the temporary, a checkpoint half-replaced or half-deleted) a resumed run 
 (`atomic.recover_directories`).
 
 Several ranks: rank 0 writes everything, after gathering what only the others hold (FSDP
-shards of weights and optimizer state, every rank's RNG state), so a checkpoint is the
-same single-process directory whatever wrote it. Resuming, every rank reads it (it must be
-on a filesystem all nodes see) and keeps its own shard.
+shards of weights and optimizer state, through torch.distributed.checkpoint; every rank's
+RNG state), so a checkpoint is the same single-process directory whatever wrote it. The
+optimizer state is keyed by each parameter's position in the optimizer's groups, as
+`optimizer.state_dict()` keys it. Resuming, every rank reads meta.json and train_state.pt
+(the directory must be on a filesystem all nodes see); under FSDP rank 0 alone reads the
+tensors and sends each rank its shard.
+
+Older layouts are patched on load (`upgrade_meta`, `upgrade_state`), each change named.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import random
 import re
 import shutil
 import zipfile
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +41,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from gpt2repro.atomic import atomic_directory, delete_directory, move_aside
+from gpt2repro.atomic import atomic_directory
 from gpt2repro.distributed import DistInfo, gather_objects
 from gpt2repro.model import GPT, GPTConfig
-from gpt2repro.parallelize import full_tensor, is_dtensor, shard_like
+from gpt2repro.parallelize import is_sharded
 from gpt2repro.pretrained import corrupt_message
 from gpt2repro.tokenizer import Tokenizer, load_tokenizer
 
@@ -72,16 +77,30 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def gather_model_state(model: torch.nn.Module, keep: bool) -> dict[str, torch.Tensor]:
-    """`model_state` with FSDP shards gathered, on the CPU where `keep` (rank 0), else {}.
+    """`model_state` on the CPU where `keep` (rank 0), else {}.
 
-    A collective under FSDP: every rank calls it. One tensor is whole at a time.
+    Under FSDP a collective (every rank calls it, rank 0 keeps): one tensor at a time is
+    gathered whole (a tied head's twice: DCP reads `state_dict()`, which names it twice).
     """
-    out = {}
-    for key, value in model_state(model).items():
-        whole = full_tensor(value)
-        if keep:
-            out[key] = whole.cpu()
-    return out
+    gpt = unwrap(model)
+    if not is_sharded(gpt):
+        return {k: v.cpu() for k, v in model_state(gpt).items()} if keep else {}
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    whole = get_model_state_dict(gpt, options=_whole_tensors())  # {} but on rank 0
+    if gpt.config.tie_embeddings:
+        whole.pop(TIED_KEY, None)
+    return whole
+
+
+def _whole_tensors(from_rank0: bool = False) -> Any:
+    """torch.distributed.checkpoint's options for whole tensors: gathered into rank 0's
+    memory, or sent from rank 0 to every rank, which keeps its shard."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    if from_rank0:
+        return StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def is_checkpoint(path: Path) -> bool:
@@ -145,13 +164,63 @@ def read_meta(path: Path) -> dict[str, Any]:
             f"{path / META}: damaged, not a JSON object; the checkpoint cannot be used. "
             f"Use another checkpoint, or delete {path}."
         )
+    return upgrade_meta(path, meta)
+
+
+CLASSIC_GPT2_OPTIONS: dict[str, Any] = {
+    "position": "learned",
+    "rope_base": 10000.0,
+    "norm": "layernorm",
+    "qk_norm": False,
+    "activation": "gelu",
+    "tie_embeddings": True,
+    "zero_init_proj": False,
+    "logit_softcap": 0.0,
+}
+"""The model options added in commit ffd9590, as every model before them was built."""
+
+
+def upgrade_meta(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Checkpoint `path`'s meta.json `meta` in the current layout, or why it cannot be read.
+
+    Format version 1 is the only one so far. Its model configs from before ffd9590 lack the
+    options added there: they are set as those models were built (classic GPT-2), not to
+    today's defaults, which may change. A format version 2 would add its patches here.
+    """
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
+        newer = isinstance(version, int) and version > FORMAT_VERSION
         raise ValueError(
             f"{path}: checkpoint format version {version}, this gpt2repro reads {FORMAT_VERSION}. "
-            f"Use the gpt2repro version that wrote it, or re-export it."
+            + (
+                "It was written by a newer gpt2repro: load it with that version."
+                if newer
+                else "Use the gpt2repro version that wrote it, or re-export it."
+            )
         )
-    return meta
+    config = {**CLASSIC_GPT2_OPTIONS, **meta["model_config"]}
+    if unknown := sorted(set(config) - {f.name for f in fields(GPTConfig)}):
+        raise ValueError(
+            f"{path / META}: model options {unknown} are unknown to this gpt2repro: the "
+            f"checkpoint was written by a newer one. Load it with that version."
+        )
+    return {**meta, "model_config": config}
+
+
+def upgrade_state(state: dict[str, Any]) -> dict[str, Any]:
+    """train_state.pt's contents `state` in the current layout.
+
+    Before 431688d every rank saved each visible GPU's CUDA generator (a list): this
+    process's GPU's is kept (the last one's on a machine with fewer GPUs). Optimizer groups
+    from before ffd9590 lack `peak_lr` and are left so: `set_lr` reads a missing peak as
+    the schedule's own, which every group of those (AdamW) runs had.
+    """
+    for rng in [state["rng"], *state.get("rng_per_rank", [])]:
+        cuda = rng.get("cuda")
+        if isinstance(cuda, list | tuple):
+            gpu = torch.cuda.current_device() if torch.cuda.is_available() else 0
+            rng["cuda"] = cuda[min(gpu, len(cuda) - 1)]
+    return state
 
 
 def checkpoint_tokenizer(path: Path, meta: dict[str, Any]) -> Tokenizer:
@@ -170,7 +239,7 @@ def load_model(
         model = GPT(config)
     model.to_empty(device=device)
     state = _read_weights(path, device)
-    _check_keys(path, state, model)
+    _check_keys(path, set(state), model)
     model.load_state_dict(state, strict=False)
     if config.tie_embeddings:
         model.lm_head.weight = model.transformer.wte.weight  # to_empty() broke the tie
@@ -185,9 +254,18 @@ def _read_weights(path: Path, device: str | torch.device = "cpu") -> dict[str, t
         raise DamagedCheckpoint(corrupt_message(path / WEIGHTS, e, "Use another checkpoint")) from e
 
 
-def _check_keys(path: Path, state: dict[str, torch.Tensor], model: GPT) -> None:
+def _weight_names(path: Path) -> set[str]:
+    """The names in checkpoint `path`'s weights file, from its header (checked whole)."""
+    try:
+        with safe_open(str(path / WEIGHTS), framework="pt") as f:
+            return set(f.keys())
+    except SafetensorError as e:
+        raise DamagedCheckpoint(corrupt_message(path / WEIGHTS, e, "Use another checkpoint")) from e
+
+
+def _check_keys(path: Path, names: set[str], model: GPT) -> None:
     expected = set(model.state_dict()) - ({TIED_KEY} if model.config.tie_embeddings else set())
-    missing, unexpected = expected - set(state), set(state) - expected
+    missing, unexpected = expected - names, names - expected
     if missing or unexpected:
         raise ValueError(
             f"{path / WEIGHTS}: weights do not fit the model "
@@ -198,7 +276,8 @@ def _check_keys(path: Path, state: dict[str, torch.Tensor], model: GPT) -> None:
 def restore_weights(path: Path, model: torch.nn.Module) -> None:
     """Load checkpoint `path`'s weights into `model` as trained (compiled, DDP or FSDP).
 
-    Under FSDP every rank reads the full weights and keeps its shard (a collective).
+    Under FSDP a collective: rank 0 reads the weights and sends each rank its shard. Every
+    rank checks the names first (from the file's header), so all refuse a misfit alike.
     """
     meta = read_meta(path)
     gpt = unwrap(model)
@@ -214,12 +293,17 @@ def restore_weights(path: Path, model: torch.nn.Module) -> None:
             f"{path}: the checkpoint's model differs from this run's ({', '.join(changed)}). "
             f"Resume with the model settings it was trained with."
         )
-    state = _read_weights(path)
-    _check_keys(path, state, gpt)
-    if gpt.config.tie_embeddings:
+    _check_keys(path, _weight_names(path), gpt)
+    sharded = is_sharded(gpt)
+    state = _read_weights(path) if not sharded or torch.distributed.get_rank() == 0 else {}
+    if state and gpt.config.tie_embeddings:
         state[TIED_KEY] = state["transformer.wte.weight"]
-    local = gpt.state_dict()
-    gpt.load_state_dict({k: shard_like(state[k], v) for k, v in local.items()})
+    if not sharded:
+        gpt.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    set_model_state_dict(gpt, state, options=_whole_tensors(from_rank0=True))
 
 
 # ---- training state: optimizer, scaler, loader position and every RNG ----
@@ -247,47 +331,70 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy(), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        cuda = state["cuda"]
-        if isinstance(cuda, list | tuple):  # older checkpoints saved every visible GPU's
-            cuda = cuda[min(torch.cuda.current_device(), len(cuda) - 1)]
-        torch.cuda.set_rng_state(cuda)
+        torch.cuda.set_rng_state(state["cuda"])
 
 
-def _flat_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-    """Parameters in the order of the integer keys of `optimizer.state_dict()`."""
-    return [p for group in optimizer.param_groups for p in group["params"]]
+def gather_optimizer_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, keep: bool
+) -> dict[str, Any]:
+    """`optimizer.state_dict()` with FSDP shards gathered (on the CPU) where `keep` (rank 0),
+    else {}: the single-process layout, which any world size and mode can load.
 
-
-def gather_optimizer_state(optimizer: torch.optim.Optimizer, keep: bool) -> dict[str, Any]:
-    """`optimizer.state_dict()` with FSDP shards gathered (on the CPU) where `keep`, else {}.
-
-    The result has the single-process layout, so any world size and mode can load it.
-    A collective under FSDP: every rank walks the state in the same (sorted) order.
+    Under FSDP a collective: every rank calls it, rank 0 keeps.
     """
-    sd = optimizer.state_dict()
-    state: dict[int, dict[str, Any]] = {}
-    for pid in sorted(sd["state"]):
-        entry = sd["state"][pid]
-        state[pid] = {}
-        for key in sorted(entry):
-            value = entry[key]
-            if is_dtensor(value):
-                value = full_tensor(value).cpu()
-            state[pid][key] = value
-    return {"state": state, "param_groups": sd["param_groups"]} if keep else {}
+    gpt = unwrap(model)
+    if not is_sharded(gpt) or not optimizer.state:
+        # An empty state has nothing to gather; DCP would first fill it by a step at lr 0,
+        # which counts as AdamW's first step and so changes the later ones.
+        return optimizer.state_dict() if keep else {}
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    sd = get_optimizer_state_dict(gpt, optimizer, options=_whole_tensors())  # {} but on rank 0
+    if not sd:
+        return {}
+    # DCP keys by parameter name; the file by position, the order of the groups' params.
+    pid = {name: i for i, name in enumerate(n for g in sd["param_groups"] for n in g["params"])}
+    return {
+        "state": {pid[name]: v for name, v in sd["state"].items()},
+        "param_groups": [
+            g | {"params": [pid[n] for n in g["params"]]} for g in sd["param_groups"]
+        ],
+    }
 
 
-def restore_optimizer(optimizer: torch.optim.Optimizer, sd: dict[str, Any]) -> None:
-    """Load a single-process-layout optimizer state, cutting each tensor like its parameter."""
-    params = _flat_params(optimizer)
-    state: dict[int, dict[str, Any]] = {}
-    for pid in sorted(sd["state"]):
-        p = params[pid]
-        state[pid] = {
-            key: shard_like(v, p) if isinstance(v, torch.Tensor) and v.shape == p.shape else v
-            for key, v in sorted(sd["state"][pid].items())
+def restore_optimizer(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sd: dict[str, Any]
+) -> None:
+    """Load a single-process-layout optimizer state `sd` (from checkpoint `path`).
+
+    Under FSDP a collective: rank 0 sends each rank its shard of every tensor, so only rank
+    0's `sd` needs the tensors. Every rank checks the groups first, so all refuse alike.
+    """
+    saved = [len(g["params"]) for g in sd["param_groups"]]
+    mine = [len(g["params"]) for g in optimizer.param_groups]
+    if saved != mine:
+        raise ValueError(
+            f"{path / TRAIN_STATE}: optimizer state for parameter groups of {saved} tensors, "
+            f"this run's optimizer has {mine}: it was saved with another optimizer. Resume "
+            f"with the optim settings it was trained with."
+        )
+    gpt = unwrap(model)
+    if not is_sharded(gpt) or not sd["state"]:
+        optimizer.load_state_dict(sd)
+        return
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    named = {}
+    if torch.distributed.get_rank() == 0:
+        names = {p: name for name, p in gpt.named_parameters()}  # a tied head once, as DCP
+        fqn = [names[p] for g in optimizer.param_groups for p in g["params"]]
+        named = {
+            "state": {fqn[i]: v for i, v in sd["state"].items()},
+            "param_groups": [
+                g | {"params": [fqn[i] for i in g["params"]]} for g in sd["param_groups"]
+            ],
         }
-    optimizer.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
+    set_optimizer_state_dict(gpt, optimizer, named, options=_whole_tensors(from_rank0=True))
 
 
 def gather_rng_states(dist: DistInfo) -> list[dict[str, Any]]:
@@ -320,7 +427,7 @@ def save_train_checkpoint(
     """
     dist = dist or DistInfo()
     weights = gather_model_state(model, keep=dist.is_main)
-    optim = gather_optimizer_state(optimizer, keep=dist.is_main)
+    optim = gather_optimizer_state(model, optimizer, keep=dist.is_main)
     rngs = gather_rng_states(dist)
     if not dist.is_main:
         return path
@@ -358,7 +465,7 @@ def load_train_state(path: Path, mmap: bool = False) -> dict[str, Any]:
         # A damaged zip fails in torch's reader (RuntimeError).
         why = (str(e).splitlines() or [type(e).__name__])[0]  # EOFError has no message
         raise DamagedCheckpoint(corrupt_message(file, why, "Use another checkpoint")) from e
-    return state
+    return upgrade_state(state)
 
 
 def refused_message(file: Path, error: pickle.UnpicklingError) -> str:
@@ -388,11 +495,7 @@ def check_files(path: Path) -> dict[str, Any]:
     (returned), the weights' header and the training state's structure. Raises what loading
     would."""
     meta = read_meta(path)
-    try:
-        with safe_open(str(path / WEIGHTS), framework="pt"):
-            pass  # opening reads and checks the header: every tensor within the file
-    except SafetensorError as e:
-        raise DamagedCheckpoint(corrupt_message(path / WEIGHTS, e, "Use another checkpoint")) from e
+    _weight_names(path)  # reading the header checks it: every tensor within the file
     load_train_state(path, mmap=True)
     return meta
 
@@ -411,8 +514,9 @@ def restore_train_checkpoint(
     dist = dist or DistInfo()
     meta = read_meta(path)
     restore_weights(path, model)
-    state = load_train_state(path)
-    restore_optimizer(optimizer, state["optimizer"])
+    # Under FSDP rank 0 sends the optimizer's tensors: the others map the file, not read it.
+    state = load_train_state(path, mmap=not dist.is_main and is_sharded(unwrap(model)))
+    restore_optimizer(path, model, optimizer, state["optimizer"])
     scaler.load_state_dict(state["scaler"])
     per_rank = state.get("rng_per_rank") or [state["rng"]]
     if dist.rank < len(per_rank):
@@ -421,117 +525,3 @@ def restore_train_checkpoint(
         set_rng_state(state["rng"])
         torch.manual_seed(int(torch.randint(2**62, ())) + dist.rank)
     return meta
-
-
-def step_of(path: Path) -> int:
-    """The step in a `step_NNNNNN` checkpoint's name."""
-    return int(path.name.removeprefix("step_"))
-
-
-def step_dirs(ckpt_root: Path) -> list[Path]:
-    """Valid step_NNNNNN checkpoints under `ckpt_root`, oldest first."""
-    if not ckpt_root.is_dir():
-        return []
-    found = [
-        p
-        for p in ckpt_root.glob("step_*")
-        if p.is_dir()
-        and p.name.removeprefix("step_").isdigit()
-        and is_checkpoint(p)
-        and (p / TRAIN_STATE).is_file()
-    ]
-    return sorted(found, key=step_of)
-
-
-def fallback_advice(source: Path) -> str:
-    """What to resume from instead of damaged step checkpoint `source`, as a sentence."""
-    if not source.name.removeprefix("step_").isdigit():  # best, or a copy elsewhere
-        return "Pass another checkpoint to --checkpoint.resume."
-    older = [p for p in step_dirs(source.parent) if step_of(p) < step_of(source)]
-    if not older:
-        return (
-            f"There is no older step checkpoint in {source.parent}: start a new run "
-            f"(drop --checkpoint.resume)."
-        )
-    return (
-        f"Resume from the next older checkpoint with --checkpoint.resume {older[-1]}, or delete "
-        f"{source} so --checkpoint.resume auto skips it."
-    )
-
-
-def prune(ckpt_root: Path, keep_last: int, newest: Path) -> None:
-    """Keep `newest` (the checkpoint just written) and the `keep_last - 1` step checkpoints
-    before it; delete older ones. The `best` checkpoint lives apart.
-
-    Ordered by step relative to `newest`, not by what the folder holds: checkpoints of later
-    steps (left by a run that this one resumed from an earlier point) are never deleted,
-    and neither is `newest`, whatever else is there.
-    """
-    assert keep_last >= 1, f"keep_last={keep_last} must be >= 1"
-    older = [p for p in step_dirs(ckpt_root) if step_of(p) < step_of(newest)]
-    for old in older[: max(0, len(older) - (keep_last - 1))]:
-        delete_directory(old)
-
-
-def set_aside_after(ckpt_root: Path, step: int) -> list[Path]:
-    """Move step checkpoints later than `step` into `ckpt_root/abandoned/`; returns where they went.
-
-    A run resumed from an earlier checkpoint rewrites the later steps; left in place, the old
-    ones would be what `--checkpoint.resume auto` picks next. Moved, not deleted: nothing of
-    a run is lost.
-    """
-    later = [path for path in step_dirs(ckpt_root) if step_of(path) > step]
-    return [move_aside(path, ckpt_root / "abandoned" / path.name) for path in later]
-
-
-def find_resume(choice: str, run_dir: Path) -> Path | None:
-    """The checkpoint that `checkpoint.resume = choice` names: none -> None, auto -> the newest
-    step checkpoint under `run_dir` (None if there is none), anything else -> that directory."""
-    if choice == "none":
-        return None
-    if choice == "auto":
-        found = step_dirs(run_dir / "checkpoints")
-        return found[-1] if found else None
-    return Path(choice)
-
-
-def more_minutes(trained_s: float, max_minutes: float) -> str:
-    """How to give a run that used up `max_minutes` more time, as a sentence."""
-    done = trained_s / 60
-    return (
-        f"--run.max-minutes counts the training time of every resume ({done:.4g} min so far): "
-        f"pass --run.max-minutes above {done:.4g} (e.g. {done + max_minutes:.4g} for "
-        f"{max_minutes:.4g} more)"
-    )
-
-
-def resume_point(
-    choice: str, run_dir: Path, max_steps: int, max_minutes: float | None = None
-) -> tuple[Path, int] | None:
-    """The checkpoint `choice` resumes from and its step, read now, so a damaged or unsafe one
-    or one past the end of the run (its steps or its minutes) fails before anything else
-    happens (the model is built, the device measured). None: a fresh start."""
-    source = find_resume(choice, run_dir)
-    if source is None:
-        return None
-    try:
-        meta = check_files(source)
-    except DamagedCheckpoint as e:
-        raise DamagedCheckpoint(f"{e} {fallback_advice(source)}") from None
-    step = meta.get("step")
-    if not isinstance(step, int):
-        raise ValueError(f"{source / META}: no step; it is not a training checkpoint.")
-    if step > max_steps:
-        raise ValueError(
-            f"{source} is at step {step}, past run.max_steps={max_steps}: nothing to train. "
-            f"Pass --run.max-steps above {step} to train on from it, or drop "
-            f"--checkpoint.resume to start a new run."
-        )
-    trained_s = meta.get("train_state", {}).get("train_seconds", 0.0)
-    if max_minutes is not None and trained_s >= 60 * max_minutes:
-        raise ValueError(
-            f"{source} has already trained {trained_s / 60:.4g} min, the whole "
-            f"run.max_minutes={max_minutes:.4g}: nothing to train. "
-            f"{more_minutes(trained_s, max_minutes)} to train on from it."
-        )
-    return source, step

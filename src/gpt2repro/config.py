@@ -191,7 +191,9 @@ class Range:
         parts = [] if math.isfinite(value) else ["finite"]
         if self.high < math.inf:
             close = "]" if self.high_closed else ")"
-            parts.append(f"in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}{close}")
+            parts.append(
+                f"in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}{close}"
+            )
         elif self.low_open and self.low == 0:
             parts.append("positive")
         elif self.low > -math.inf:

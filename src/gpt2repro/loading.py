@@ -4,7 +4,8 @@ A model source is one of:
   * a gpt2repro checkpoint directory (meta.json + model.safetensors),
   * a Hugging Face GPT-2 directory (config.json + model.safetensors), e.g. from `gpt2repro export`,
   * a hub id: gpt2, gpt2-medium, gpt2-large, gpt2-xl (downloaded when the hub is reachable),
-  * `init:PRESET`, a freshly initialised model of a preset shape (seeded by the caller),
+  * `init:PRESET`, a freshly initialised model of a model preset such as `init:gpt2_124m`
+    or `init:tiny` (`presets.MODEL_PRESETS`; seeded by the caller),
   * a training run's directory, standing for its best checkpoint (else its newest step_*):
     `resolve_source` picks it and says which, for every command that takes a model.
 """
@@ -20,9 +21,9 @@ import torch
 from gpt2repro import checkpoint, pretrained
 from gpt2repro.model import GPT
 from gpt2repro.presets import model_preset
+from gpt2repro.run_dir import STEP_PREFIX, RunDir, step_of
 from gpt2repro.tokenizer import Tokenizer, load_tokenizer
 
-RUN_CHECKPOINTS = "checkpoints"  # where `gpt2repro train` saves inside a run directory
 HUB_IDS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 HUB_ORG = "openai-community/"
 SOURCE_HELP = (
@@ -95,22 +96,23 @@ def resolve_source(source: str, quiet: bool = False) -> str:
 def is_run_directory(path: Path) -> bool:
     """A directory `gpt2repro train` wrote (it holds checkpoints/), not a checkpoint itself."""
     return (
-        path.is_dir() and not checkpoint.is_checkpoint(path) and (path / RUN_CHECKPOINTS).is_dir()
+        path.is_dir() and not checkpoint.is_checkpoint(path) and RunDir(path).checkpoints.is_dir()
     )
 
 
 def run_checkpoint(run_dir: Path) -> tuple[Path, str]:
     """The checkpoint a run directory stands for, and why that one, as words."""
-    root = run_dir / RUN_CHECKPOINTS
-    if checkpoint.is_checkpoint(root / "best"):
-        return root / "best", "the run's best checkpoint"
+    run = RunDir(run_dir)
+    root = run.checkpoints
+    if checkpoint.is_checkpoint(run.best):
+        return run.best, "the run's best checkpoint"
     steps = [
         p
-        for p in root.glob("step_*")
-        if p.name.removeprefix("step_").isdigit() and checkpoint.is_checkpoint(p)
+        for p in root.glob(f"{STEP_PREFIX}*")
+        if p.name.removeprefix(STEP_PREFIX).isdigit() and checkpoint.is_checkpoint(p)
     ]
     if steps:
-        return max(steps, key=checkpoint.step_of), "the run's newest checkpoint; it has no best"
+        return max(steps, key=step_of), "the run's newest checkpoint; it has no best"
     raise FileNotFoundError(
         f"{run_dir}: a training run directory with no checkpoint yet (nothing usable in {root}). "
         f"Let the run save one (at the end, or every --checkpoint.interval steps), or pass "

@@ -154,28 +154,32 @@ class MetricsWriter:
 
     def __init__(
         self,
-        run_dir: Path,
-        tensorboard: bool,
+        metrics: Path,
+        samples: Path,
+        tensorboard: Path | None,
         wandb_project: str | None,
         config: dict[str, Any],
         purge_step: int | None = None,
     ) -> None:
-        self.path = run_dir / "metrics.jsonl"
-        self.samples_path = run_dir / "samples.txt"
+        """Files as run_dir.RunDir names them; `tensorboard` None: no TensorBoard."""
+        self.path = metrics
+        self.samples_path = samples
         self.tb: Any = None
         self.wandb: Any = None
-        if tensorboard:
+        if tensorboard is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
+                self.tb = SummaryWriter(str(tensorboard), purge_step=purge_step)
             except ImportError:
                 print("note: tensorboard is not installed; metrics go to metrics.jsonl only.")
         if wandb_project:
             try:
                 import wandb
 
-                self.wandb = wandb.init(project=wandb_project, config=config, dir=str(run_dir))
+                self.wandb = wandb.init(
+                    project=wandb_project, config=config, dir=str(metrics.parent)
+                )
             except ImportError:
                 print("note: wandb is not installed (pip install wandb); skipping W&B logging.")
 

@@ -221,13 +221,3 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
         return t
     whole: torch.Tensor = t.full_tensor()  # type: ignore[attr-defined]
     return whole
-
-
-def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """`full` cut the way `like` is sharded (a collective for DTensors), or `full` itself."""
-    if not is_dtensor(like):
-        return full
-    from torch.distributed.tensor import distribute_tensor
-
-    sharded: Any = like
-    return distribute_tensor(full.to(like.device), sharded.device_mesh, sharded.placements)

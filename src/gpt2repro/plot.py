@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gpt2repro.run_dir import RunDir
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -45,7 +47,7 @@ HELLASWAG_KIND = "hellaswag"
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The records of `run_dir/metrics.jsonl`; a clear error when the run has none."""
-    path = run_dir / "metrics.jsonl"
+    path = RunDir(run_dir).metrics
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: no metrics. Pass a run directory written by `gpt2repro train`."
@@ -62,7 +64,7 @@ def series(
 
 def run_dataset(run_dir: Path) -> tuple[str | None, str | None]:
     """(dataset, tokenizer spec) from the run's config.json, when it has one."""
-    path = run_dir / "config.json"
+    path = RunDir(run_dir).config
     if not path.is_file():
         return None, None
     data = json.loads(path.read_text()).get("data", {})
@@ -140,7 +142,7 @@ def save(fig: Figure, out: Path) -> Path:
 
 def plot_runs(run_dirs: list[Path], out_dir: Path, references: str = "auto") -> list[Path]:
     """loss_steps.png, loss_tokens.png and (when any run has HellaSwag scores) hellaswag.png."""
-    missing = [str(d / "metrics.jsonl") for d in run_dirs if not (d / "metrics.jsonl").is_file()]
+    missing = [str(RunDir(d).metrics) for d in run_dirs if not RunDir(d).metrics.is_file()]
     if missing:
         raise FileNotFoundError(
             f"No metrics in {', '.join(missing)}. Pass run directories written by `gpt2repro train`."

@@ -1,5 +1,12 @@
 """Named presets, as plain functions returning configs.
 
+The naming rule: a function that returns a model shape (GPTConfig) ends in `_model`, and a
+function that returns a whole training run (TrainConfig) is named after the run. Each has
+its own namespace on the command line: `init:NAME` (sample, eval, export, bench) takes a model
+shape by its name without `_model` (`gpt2_124m_model` -> `init:gpt2_124m`), and
+`train --preset NAME` takes a training run by its function's name. A name given to the
+wrong one is answered with the right one.
+
 Model shapes follow the GPT-2 paper (Radford et al., 2019, table 2) and Hugging Face's
 `gpt2`, `gpt2-medium`, `gpt2-large` and `gpt2-xl` configs. The tiny shapes exist for
 laptops and tests.
@@ -23,8 +30,10 @@ from gpt2repro.config import (
 )
 from gpt2repro.model import GPTConfig
 
+MODEL_SUFFIX = "_model"
 
-def gpt2_124m() -> GPTConfig:
+
+def gpt2_124m_model() -> GPTConfig:
     """GPT-2 small: 12 layers, 12 heads, 768 wide (124,439,808 parameters)."""
     return GPTConfig(n_layer=12, n_head=12, n_embd=768)
 
@@ -44,39 +53,54 @@ def gpt2_1558m_model() -> GPTConfig:
     return GPTConfig(n_layer=48, n_head=25, n_embd=1600)
 
 
-def tiny() -> GPTConfig:
+def tiny_model() -> GPTConfig:
     """2 layers, 2 heads, 64 wide, context 64: for tests and smoke runs."""
     return GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=64)
 
 
-def mini() -> GPTConfig:
+def mini_model() -> GPTConfig:
     """4 layers, 4 heads, 128 wide, context 256: trains in minutes on a laptop CPU."""
     return GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=256)
 
 
-def small() -> GPTConfig:
+def small_model() -> GPTConfig:
     """6 layers, 6 heads, 384 wide, context 256: nanoGPT's Shakespeare shape."""
     return GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=256)
 
 
 MODEL_PRESETS: dict[str, Callable[[], GPTConfig]] = {
-    "gpt2_124m": gpt2_124m,
-    "gpt2_350m": gpt2_350m_model,
-    "gpt2_774m": gpt2_774m_model,
-    "gpt2_1558m": gpt2_1558m_model,
-    "tiny": tiny,
-    "mini": mini,
-    "small": small,
+    f.__name__.removesuffix(MODEL_SUFFIX): f
+    for f in (
+        gpt2_124m_model,
+        gpt2_350m_model,
+        gpt2_774m_model,
+        gpt2_1558m_model,
+        tiny_model,
+        mini_model,
+        small_model,
+    )
 }
+"""Model shapes by the name `init:NAME` takes: the function's name without `_model`."""
 
 
 def model_preset(name: str) -> GPTConfig:
-    """The model config called `name`, or a ValueError listing the valid names."""
+    """The model shape called `name` (as in `init:NAME`), or a ValueError naming the valid ones."""
     if name not in MODEL_PRESETS:
-        raise ValueError(
-            f"Unknown model preset {name!r}. Choose one of: {', '.join(MODEL_PRESETS)}."
-        )
+        raise ValueError(f"Unknown model preset {name!r}. {_model_hint(name)}")
     return MODEL_PRESETS[name]()
+
+
+def _model_hint(name: str) -> str:
+    """What to write instead of an unknown model preset `name`."""
+    shapes, short = ", ".join(MODEL_PRESETS), name.removesuffix(MODEL_SUFFIX)
+    if short in MODEL_PRESETS:
+        return f"Model presets are named without {MODEL_SUFFIX!r}: use init:{short}."
+    if name in TRAIN_PRESETS:
+        return (
+            f"{name!r} is a training preset (`gpt2repro train --preset {name}`); init: takes a "
+            f"model shape: {shapes}."
+        )
+    return f"Choose one of: {shapes}."
 
 
 # Training presets. Each documents where its numbers come from.
@@ -99,7 +123,7 @@ def _fineweb_edu(
 def gpt2_124m_fineweb_edu() -> TrainConfig:
     """ "Let's reproduce GPT-2 (124M)" (build-nanogpt): 2**19 tokens/step as 64x1024 micro-batches,
     lr 6e-4 -> 6e-5, 715 warmup steps (GPT-3's 375M tokens), 19,073 steps = 10B tokens, vocab padded to 50304."""
-    return _fineweb_edu(gpt2_124m(), 524_288, 6e-4, 19_073, 715)
+    return _fineweb_edu(gpt2_124m_model(), 524_288, 6e-4, 19_073, 715)
 
 
 def gpt2_124m_fineweb_edu_0p8b() -> TrainConfig:
@@ -117,7 +141,7 @@ def gpt2_124m_owt() -> TrainConfig:
     as 5 each), lr 6e-4 -> 6e-5 over 600,000 steps after 2,000 warmup, wd 0.1, betas (0.9, 0.95),
     clip 1.0, no bias, no dropout; eval every 1,000 steps over 200 x 12 x 1024 tokens."""
     return TrainConfig(
-        model=replace(gpt2_124m(), bias=False, dropout=0.0),
+        model=replace(gpt2_124m_model(), bias=False, dropout=0.0),
         data=DataConfig(dataset="openwebtext"),
         optim=OptimConfig(lr=6e-4, min_lr=6e-5, warmup_steps=2_000, weight_decay=0.1),
         batch=BatchConfig(tokens_per_step=491_520, micro_batch=12, seq_len=1024),
@@ -144,7 +168,7 @@ def gpt2_124m_tinystories() -> TrainConfig:
     (524,288 tokens/step), AdamW weight decay 0.001, cosine schedule, clipping, 3,000 steps.
     The write-up gives no learning rate or warmup; we use GPT-3 small's 6e-4 and 100 steps."""
     return TrainConfig(
-        model=gpt2_124m(),
+        model=gpt2_124m_model(),
         data=DataConfig(dataset="tinystories"),
         optim=OptimConfig(lr=6e-4, min_lr=6e-5, warmup_steps=100, weight_decay=0.001),
         batch=BatchConfig(tokens_per_step=524_288, micro_batch=64, seq_len=1024),
@@ -239,9 +263,14 @@ DEFAULT_TRAIN_PRESET = "shakespeare_cpu"
 
 
 def train_preset(name: str) -> TrainConfig:
-    """The training config called `name`, or a ValueError listing the valid names."""
+    """The training run called `name` (as in `--preset NAME`), or a ValueError naming the valid ones."""
     if name not in TRAIN_PRESETS:
-        raise ValueError(
-            f"Unknown training preset {name!r}. Choose one of: {', '.join(TRAIN_PRESETS)}."
-        )
+        runs = ", ".join(TRAIN_PRESETS)
+        shape = name.removesuffix(MODEL_SUFFIX)
+        if shape in MODEL_PRESETS:
+            raise ValueError(
+                f"Unknown training preset {name!r}: that is a model shape (init:{shape}), not "
+                f"a training run. Choose one of: {runs}; --model.* fields change the shape."
+            )
+        raise ValueError(f"Unknown training preset {name!r}. Choose one of: {runs}.")
     return TRAIN_PRESETS[name]()

@@ -11,7 +11,6 @@ read, so loading never unpickles anything.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -22,13 +21,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gpt2repro.atomic import atomic_directory
+from gpt2repro.hub_models import HUB_REPOS, download, hub_repo
 from gpt2repro.model import GPT, GPTConfig
+from gpt2repro.nanochat import (
+    NANOCHAT_CLASS,
+    from_nanochat,
+    gpt_config_from_nanochat,
+    nanochat_config,
+    stock_class,
+    to_nanochat,
+)
 from gpt2repro.tokenizer import EOT, gpt2_vocab_and_merges, load_tokenizer
 
-HUB_REPOS = {
-    name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-}
-"""Short hub ids we accept, and the repositories OpenAI's GPT-2 checkpoints now live in."""
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 SIDECAR_FILE = "gpt2repro.json"
@@ -54,7 +58,9 @@ def export_hf(
     overwrite: bool = False,
     source: str | None = None,
 ) -> Path:
-    """Write `model` as a transformers GPT-2 directory and return its path.
+    """Write `model` as a transformers directory and return its path: GPT2LMHeadModel for the
+    classic architecture, NanoChatForCausalLM for the modern options (nanochat.py); a model
+    that neither class computes exactly is refused, naming the options in the way.
 
     HF's GPT-2 has no bias flag, so a `bias=False` model is written with zero biases: the
     same function, loadable by transformers, and `load_hf` turns it back into `bias=False`.
@@ -63,7 +69,41 @@ def export_hf(
     `source` (what was exported, e.g. a checkpoint's resolved path) is recorded beside it.
     """
     out_dir = Path(out_dir)
+    config = model.config
+    cls = stock_class(config)  # before anything is written
     check_export_dir(out_dir, overwrite)
+    eot = GPT2_EOT_ID if config.vocab_size == GPT2_VOCAB_SIZE else None
+    tokenizer_file = None
+    if tokenizer_spec is not None and tokenizer_spec.endswith(".json"):
+        # A trained BPE travels inside the directory (it is HF's tokenizer.json format).
+        tokenizer_file, tokenizer_spec = Path(tokenizer_spec), "tokenizer.json"
+        eot = load_tokenizer(str(tokenizer_file)).eot_id
+    if cls == NANOCHAT_CLASS:
+        tensors = to_nanochat(model)
+        hf_config = nanochat_config(config, tensors["model.embed_tokens.weight"].dtype, eot)
+    else:
+        tensors = _gpt2_tensors(model)
+        hf_config = _hf_config(config, tensors[_WTE].dtype, eot)
+    sidecar = dict(version=SIDECAR_VERSION, tokenizer=tokenizer_spec, bias=config.bias)
+    if source is not None:
+        sidecar["source"] = source
+
+    with atomic_directory(out_dir) as tmp:
+        # transformers refuses safetensors files without format metadata.
+        save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+        (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
+        (tmp / SIDECAR_FILE).write_text(json.dumps(sidecar, indent=2) + "\n")
+        if tokenizer_file is not None:
+            shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
+            _write_tokenizer_config(tmp, "PreTrainedTokenizerFast", config.block_size)
+        elif tokenizer_spec == "gpt2":
+            _write_gpt2_tokenizer(tmp, config.block_size)
+    return out_dir
+
+
+def _gpt2_tensors(model: GPT) -> dict[str, torch.Tensor]:
+    """`model`'s weights as GPT2LMHeadModel's: Conv1D matrices transposed, no padded rows,
+    the tied head left out, zero biases for a bias=False model."""
     config = model.config
     tensors: dict[str, torch.Tensor] = {}
     for name, t in model.state_dict().items():
@@ -80,28 +120,7 @@ def export_hf(
             if name.endswith(".weight") and name not in _EMBEDDINGS:
                 # A Conv1D weight is (in, out) and a LayerNorm weight (C,): the bias has the last dim.
                 tensors[name.removesuffix("weight") + "bias"] = t.new_zeros(t.shape[-1])
-    eot = GPT2_EOT_ID if config.vocab_size == GPT2_VOCAB_SIZE else None
-    tokenizer_file = None
-    if tokenizer_spec is not None and tokenizer_spec.endswith(".json"):
-        # A trained BPE travels inside the directory (it is HF's tokenizer.json format).
-        tokenizer_file, tokenizer_spec = Path(tokenizer_spec), "tokenizer.json"
-        eot = load_tokenizer(str(tokenizer_file)).eot_id
-    hf_config = _hf_config(config, tensors[_WTE].dtype, eot)
-    sidecar = dict(version=SIDECAR_VERSION, tokenizer=tokenizer_spec, bias=config.bias)
-    if source is not None:
-        sidecar["source"] = source
-
-    with atomic_directory(out_dir) as tmp:
-        # transformers refuses safetensors files without format metadata.
-        save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
-        (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
-        (tmp / SIDECAR_FILE).write_text(json.dumps(sidecar, indent=2) + "\n")
-        if tokenizer_file is not None:
-            shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
-            _write_tokenizer_config(tmp, "PreTrainedTokenizerFast", config.block_size)
-        elif tokenizer_spec == "gpt2":
-            _write_gpt2_tokenizer(tmp, config.block_size)
-    return out_dir
+    return tensors
 
 
 def _write_gpt2_tokenizer(out_dir: Path, max_length: int) -> None:
@@ -220,6 +239,8 @@ def load_hf(source: str | Path, pad_vocab_to: int = 64, dtype: torch.dtype = tor
     sidecar = read_sidecar(path)
     state: dict[str, torch.Tensor] = {}
     tensors = read_weights(path / WEIGHTS_FILE)
+    if hf.get("model_type") == "nanochat":
+        return _load_nanochat(hf, tensors, path, pad_vocab_to, dtype)
     for key, t in tensors.items():
         # OpenAI's hub files name keys without the `transformer.` prefix (`h.0.attn...`).
         name = key if key.startswith(("transformer.", "lm_head.")) else f"transformer.{key}"
@@ -233,6 +254,32 @@ def load_hf(source: str | Path, pad_vocab_to: int = 64, dtype: torch.dtype = tor
     ours = _to_ours(state, model, dtype, path)
     model.load_state_dict(ours | {"lm_head.weight": ours[_WTE]}, assign=True)
     model.lm_head.weight = model.get_parameter(_WTE)  # assign=True made two Parameters
+    return model.eval()
+
+
+def _load_nanochat(
+    hf: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    path: Path,
+    pad_vocab_to: int,
+    dtype: torch.dtype,
+) -> GPT:
+    """A NanoChatForCausalLM directory as our GPT with the modern options (nanochat.py)."""
+    try:
+        config = gpt_config_from_nanochat(hf, pad_vocab_to)
+    except ValueError as e:
+        raise ValueError(f"{path / CONFIG_FILE}: {e}") from None
+    with torch.device("meta"):
+        model = GPT(config)
+    try:
+        ours = from_nanochat({k: t.to(dtype) for k, t in tensors.items()}, config)
+        model.load_state_dict(ours, assign=True)
+    except (KeyError, RuntimeError) as e:
+        raise ValueError(
+            f"{path / WEIGHTS_FILE} does not match {path / CONFIG_FILE} ({e}). Re-export it."
+        ) from None
+    if config.tie_embeddings:
+        model.lm_head.weight = model.transformer.wte.weight  # assign=True made two Parameters
     return model.eval()
 
 
@@ -279,7 +326,7 @@ def _to_ours(
 def hf_tokenizer_spec(source: str | Path) -> str | None:
     """The tokenizer spec for a `load_hf` source: what export_hf recorded (a relative path is
     relative to the directory), else "gpt2" for GPT-2's 50,257-token vocabulary, else None."""
-    if _hub_repo(source) is not None:
+    if hub_repo(source) is not None:
         return "gpt2"
     path = _resolve(source)
     spec = read_sidecar(path).get("tokenizer")
@@ -324,8 +371,8 @@ def _gpt_config(hf: dict[str, Any], file: Path, pad_vocab_to: int, bias: bool) -
 
 def _resolve(source: str | Path) -> Path:
     """A local directory holding config.json and model.safetensors, downloading hub ids."""
-    repo = _hub_repo(source)
-    path = _download(repo) if repo is not None else Path(source).expanduser()
+    repo = hub_repo(source)
+    path = download(repo) if repo is not None else Path(source).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(
             f"{source}: no such directory, and not one of the hub ids {', '.join(HUB_REPOS)}. "
@@ -342,41 +389,6 @@ def _resolve(source: str | Path) -> Path:
             f"`GPT2LMHeadModel.from_pretrained('{path}').save_pretrained(DIR, max_shard_size='100GB')`."
         )
     return path
-
-
-def _hub_repo(source: str | Path) -> str | None:
-    """The hub repository `source` names; a local directory of that name wins, as in transformers."""
-    if not isinstance(source, str) or Path(source).expanduser().is_dir():
-        return None
-    return HUB_REPOS.get(source, source if source in HUB_REPOS.values() else None)
-
-
-def _download(repo_id: str) -> Path:
-    """The hub snapshot of `repo_id` (cached by huggingface_hub), or a FileNotFoundError saying how to get it."""
-    from huggingface_hub import snapshot_download  # lazy: the hub client is only needed here
-
-    # huggingface_hub reads HF_HUB_OFFLINE once, at import; we honour it as set now.
-    offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
-    try:
-        snapshot = snapshot_download(
-            repo_id,
-            allow_patterns=[CONFIG_FILE, WEIGHTS_FILE],
-            local_files_only=offline,
-            etag_timeout=5,  # fail in seconds, not minutes, behind a firewall that drops packets
-        )
-    except Exception as e:  # the hub client raises its own, httpx or requests errors, by version
-        why = (
-            f"{repo_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
-            if offline
-            else f"Could not reach the Hugging Face Hub to fetch {repo_id} ({type(e).__name__}: {e})"
-        )
-        raise FileNotFoundError(
-            f"{why}. On a machine that can reach the Hub, run `hf download {repo_id} "
-            f"{CONFIG_FILE} {WEIGHTS_FILE} --local-dir DIR` (older huggingface_hub: "
-            "`huggingface-cli download ...`), copy DIR here and pass that local directory "
-            "instead of the hub id."
-        ) from e
-    return Path(snapshot)
 
 
 def read_sidecar(export_dir: Path) -> dict[str, Any]:

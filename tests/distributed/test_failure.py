@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from gpt2repro.checkpoint import step_dirs
+from gpt2repro.run_dir import step_dirs
 
 from .launch import finish, metrics, torchrun, train_args, wait_for, weights, worker_pids
 

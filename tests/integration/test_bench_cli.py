@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gpt2repro.data.bench import write_synthetic_dataset
+from gpt2repro.bench.loader import write_synthetic_dataset
 
 from .test_cli import run_cli
 

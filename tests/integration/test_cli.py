@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import errno
 import json
 import shutil
@@ -15,10 +16,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import gpt2repro
 from gpt2repro.checkpoint import save_checkpoint
 from gpt2repro.cli import main
+from gpt2repro.data.train_bpe import train_bpe
 from gpt2repro.model import GPT, GPTConfig
-from gpt2repro.tokenizer import load_tokenizer, train_bpe
+from gpt2repro.tokenizer import load_tokenizer
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -61,6 +64,35 @@ def test_sample_is_reproducible_by_seed(capsys: pytest.CaptureFixture[str]) -> N
 def test_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli([], capsys)
     assert code == 0 and "sample" in out and "tokenizer train" in out
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every gpt2repro module `path` imports, at its top or inside functions."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+    return {name for name in names if name.startswith("gpt2repro.")}
+
+
+def test_only_the_cli_imports_command_modules_and_benchmarks() -> None:
+    """The commands modules and the benchmarks sit on top of the library: a benchmark may
+    use any module, no library module a benchmark or a command, so no import cycle runs
+    through them."""
+    src = Path(gpt2repro.__file__).parent
+    wrong = []
+    for path in sorted(src.rglob("*.py")):
+        where = path.relative_to(src).as_posix()
+        for name in sorted(imported_modules(path)):
+            a_command = name.endswith("commands") and where != "cli.py"
+            a_bench = name.startswith("gpt2repro.bench") and not (
+                where == "cli.py" or where.startswith("bench/")
+            )
+            if a_command or a_bench:
+                wrong.append(f"{where} imports {name}")
+    assert not wrong, wrong
 
 
 def test_bad_inputs_give_one_clear_message(
@@ -260,7 +292,7 @@ def test_broken_tokenizer_file_is_named(
 def test_tokenizer_flag_replaces_a_damaged_stored_tokenizer(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from gpt2repro.tokenizer import train_bpe
+    from gpt2repro.data.train_bpe import train_bpe
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the cat sat on the mat. " * 200, encoding="utf-8")

@@ -17,8 +17,9 @@ from gpt2repro.checkpoint import save_checkpoint
 from gpt2repro.data import verify
 from gpt2repro.data.manifest import read_manifest
 from gpt2repro.data.prepare import prepare_dataset
+from gpt2repro.data.train_bpe import train_bpe
 from gpt2repro.model import GPT, GPTConfig
-from gpt2repro.tokenizer import EOT, load_tokenizer, train_bpe, valid_utf8
+from gpt2repro.tokenizer import EOT, load_tokenizer, valid_utf8
 
 from .test_cli import assert_user_error, run_cli
 from .test_train import tiny_config

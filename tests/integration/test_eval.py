@@ -261,7 +261,7 @@ def test_bad_arguments_are_reported_together(checkpoint: Path, dataset: Path) ->
 
 
 def test_val_refuses_a_dataset_of_another_tokenizer(checkpoint: Path, tmp_path: Path) -> None:
-    from gpt2repro.tokenizer import train_bpe
+    from gpt2repro.data.train_bpe import train_bpe
 
     texts = []
     for i in range(10):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpt2repro.bench_loss import bench_loss
+from gpt2repro.bench.loss import bench_loss
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])

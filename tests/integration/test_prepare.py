@@ -26,8 +26,9 @@ from gpt2repro.data.commands import PrepareArgs, VerifyArgs, run_prepare, run_ve
 from gpt2repro.data.manifest import read_manifest
 from gpt2repro.data.prepare import assign_split, prepare_dataset
 from gpt2repro.data.shards import ShardFormatError, read_header, read_tokens
+from gpt2repro.data.train_bpe import train_bpe
 from gpt2repro.data.verify import verify_dataset
-from gpt2repro.tokenizer import EOT, Tokenizer, load_tokenizer, train_bpe
+from gpt2repro.tokenizer import EOT, Tokenizer, load_tokenizer
 
 WORDS = "the quick brown fox jumps over lazy dog thou art king queen sword crown night"
 

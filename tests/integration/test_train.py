@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 import gpt2repro.training.loop as train_module
-from gpt2repro.checkpoint import find_resume, load_model
+from gpt2repro.checkpoint import load_model
 from gpt2repro.config import (
     BatchConfig,
     CheckpointConfig,
@@ -35,7 +35,9 @@ from gpt2repro.config import (
 from gpt2repro.distributed import DistInfo
 from gpt2repro.evaluation.hellaswag import hellaswag_eval, load_examples
 from gpt2repro.model import GPTConfig
+from gpt2repro.run_dir import RunDir
 from gpt2repro.training.optimizer import lr_at
+from gpt2repro.training.stability import is_bad_step
 
 
 def tiny_config(corpus: SimpleNamespace, out_dir: Path, steps: int = 12) -> TrainConfig:
@@ -267,7 +269,7 @@ def test_resuming_earlier_sets_the_later_checkpoints_aside(
     train_module.train(cfg)
     # The old step 8 is kept, but apart: `auto` continues the run that resumed, at step 6.
     assert (root / "abandoned" / "step_000008" / "model.safetensors").read_bytes() == stale
-    assert find_resume("auto", tmp_path / "run") == root / "step_000006"
+    assert RunDir(tmp_path / "run").find_resume("auto") == root / "step_000006"
 
 
 def test_non_finite_steps_are_skipped_then_stop(
@@ -286,10 +288,10 @@ def test_non_finite_steps_are_skipped_then_stop(
     real_apply = train_module.apply_step
     skipped: list[int] = []
 
-    def checked_apply(s, state, loss, norm):  # type: ignore[no-untyped-def]
+    def checked_apply(s, state, loss, norm, spike):  # type: ignore[no-untyped-def]
         params = [p.detach().clone() for p in s.model.parameters()]
         moments = copy.deepcopy(s.optimizer.state_dict()["state"])
-        applied = real_apply(s, state, loss, norm)
+        applied = real_apply(s, state, loss, norm, spike)
         if not applied:  # a skipped step leaves weights and AdamW state bit-identical
             skipped.append(state.step + 1)
             after = s.optimizer.state_dict()["state"]
@@ -324,9 +326,9 @@ def test_throughput_excludes_evaluation_time(
     def clock() -> float:
         return real_clock() + skipped[0]
 
-    def slow_evaluate(s, state):  # type: ignore[no-untyped-def]
+    def slow_evaluate(*args):  # type: ignore[no-untyped-def]
         skipped[0] += pause  # the clock jumps instead of sleeping: no timing in the test
-        return real_evaluate(s, state)
+        return real_evaluate(*args)
 
     monkeypatch.setattr(time, "perf_counter", clock)
     monkeypatch.setattr(train_module, "evaluate", slow_evaluate)
@@ -355,12 +357,12 @@ def test_stop_request_records_the_signal() -> None:
 
 def test_spike_detection() -> None:
     recent = [3.0 + 0.01 * (i % 5) for i in range(30)]
-    assert not train_module.is_bad_step(3.05, 1.0, recent, 4.0, scaled=False)
-    assert train_module.is_bad_step(3.5, 1.0, recent, 4.0, scaled=False)
-    assert not train_module.is_bad_step(3.5, 1.0, recent, None, scaled=False)  # off
-    assert train_module.is_bad_step(float("inf"), 1.0, recent, 4.0, scaled=False)
-    assert train_module.is_bad_step(3.0, float("nan"), recent, 4.0, scaled=False)
-    assert not train_module.is_bad_step(3.0, float("nan"), recent, 4.0, scaled=True)
+    assert not is_bad_step(3.05, 1.0, recent, 4.0, scaled=False)
+    assert is_bad_step(3.5, 1.0, recent, 4.0, scaled=False)
+    assert not is_bad_step(3.5, 1.0, recent, None, scaled=False)  # off
+    assert is_bad_step(float("inf"), 1.0, recent, 4.0, scaled=False)
+    assert is_bad_step(3.0, float("nan"), recent, 4.0, scaled=False)
+    assert not is_bad_step(3.0, float("nan"), recent, 4.0, scaled=True)
 
 
 @pytest.mark.parametrize("preset", ["shakespeare_cpu", "gpt2_124m_fineweb_edu", "gpt2_1558m"])

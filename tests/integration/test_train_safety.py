@@ -17,10 +17,12 @@ import gpt2repro.training.loop as train_module
 from gpt2repro.cli import main
 from gpt2repro.config import DataConfig, TrainConfig
 from gpt2repro.data.loader import Windows
+from gpt2repro.data.locate import locate
 from gpt2repro.data.manifest import read_manifest
 from gpt2repro.data.prepare import prepare_dataset
 from gpt2repro.distributed import DistInfo
-from gpt2repro.tokenizer_setup import ensure_dataset
+from gpt2repro.tokenizer import Tokenizer
+from gpt2repro.training.ensure_data import prepare_missing
 from gpt2repro.training.plan import dry_run_report
 
 from .test_train import tiny_config
@@ -29,7 +31,15 @@ from .test_train import tiny_config
 @pytest.fixture(autouse=True)
 def no_peak_measurement(monkeypatch: pytest.MonkeyPatch) -> None:
     """MFU's matmul measurement takes seconds per run; these tests do not read MFU."""
-    monkeypatch.setattr("gpt2repro.training.setup.peak_flops_for", lambda device, dtype: (1e12, "test"))
+    monkeypatch.setattr(
+        "gpt2repro.training.setup.peak_flops_for", lambda device, dtype: (1e12, "test")
+    )
+
+
+def prepare_and_locate(cfg: DataConfig) -> tuple[Path, Tokenizer]:
+    """Training setup's two data steps, on a single process: prepare what is missing, find it."""
+    prepare_missing(cfg, DistInfo())
+    return locate(cfg.data_root, cfg.dataset, cfg.tokenizer)
 
 
 def rows(run_dir: Path) -> list[dict[str, object]]:
@@ -145,10 +155,11 @@ def test_failed_evaluation_saves_first(
 ) -> None:
     real_evaluate = train_module.evaluate
 
-    def broken_at_8(s, state):  # type: ignore[no-untyped-def]
+    def broken_at_8(*args):  # type: ignore[no-untyped-def]
+        state = args[-1]
         if state.step == 8:
             raise OSError("No space left on device")
-        return real_evaluate(s, state)
+        return real_evaluate(*args)
 
     monkeypatch.setattr(train_module, "evaluate", broken_at_8)
     cfg = tiny_config(corpus, tmp_path / "run", steps=12)
@@ -192,11 +203,11 @@ def test_dataset_prepared_from_files_is_used_by_name(
     prepare_dataset("files", root, "gpt2", paths=texts, out_name="tinystories", val_fraction=0.2,
                     workers=1, progress=False)  # fmt: skip
     monkeypatch.setattr("gpt2repro.data.prepare.prepare_dataset", no_prepare)
-    data_dir, tok = ensure_dataset(DataConfig("tinystories", root, "gpt2"), DistInfo())
+    data_dir, tok = prepare_and_locate(DataConfig("tinystories", root, "gpt2"))
     assert data_dir == root / "tinystories" and tok.identifier == "gpt2"
     # A local name (`prepare files --name tiny`), with the tokenizer it was prepared with.
     cfg = DataConfig("tiny", corpus.root / "data", corpus.tokenizer)
-    assert ensure_dataset(cfg, DistInfo())[0] == corpus.data_dir
+    assert prepare_and_locate(cfg)[0] == corpus.data_dir
 
 
 def test_offline_train_n_tokenizer_names_a_local_route_that_works(
@@ -208,7 +219,7 @@ def test_offline_train_n_tokenizer_names_a_local_route_that_works(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = DataConfig("tinystories", tmp_path / "data", "train:300")
     with pytest.raises(ConnectionError, match="HF_HUB_OFFLINE") as e:
-        ensure_dataset(cfg, DistInfo())
+        prepare_and_locate(cfg)
     commands = re.findall(r"`(gpt2repro [^`]+)`", str(e.value))
     assert [c.split()[1] for c in commands] == ["tokenizer", "prepare"], commands
     files = [str(p) for p in sorted((corpus.root / "texts").glob("doc00*.txt"))]
@@ -216,7 +227,7 @@ def test_offline_train_n_tokenizer_names_a_local_route_that_works(
         argv = shlex.split(command)[1:]
         at = argv.index("PATHS...")
         main([*argv[:at], *files, *argv[at + 1 :]])
-    data_dir, tok = ensure_dataset(cfg, DistInfo())
+    data_dir, tok = prepare_and_locate(cfg)
     assert tok.vocab_size == 300 and data_dir.name == f"tinystories-{tok.identifier}"
     assert read_manifest(data_dir)["tokenizer"]["identifier"] == tok.identifier
 
@@ -224,7 +235,7 @@ def test_offline_train_n_tokenizer_names_a_local_route_that_works(
 def test_dataset_with_another_tokenizer_says_which(corpus: SimpleNamespace) -> None:
     cfg = DataConfig("tiny", corpus.root / "data", "gpt2")
     with pytest.raises(ValueError) as err:
-        ensure_dataset(cfg, DistInfo())
+        prepare_and_locate(cfg)
     msg = str(err.value)
     assert "was prepared with tokenizer bpe-" in msg and "this run uses gpt2" in msg
     assert f"--data.tokenizer {corpus.tokenizer}" in msg
@@ -233,7 +244,7 @@ def test_dataset_with_another_tokenizer_says_which(corpus: SimpleNamespace) -> N
 def test_unknown_local_name_says_how_to_prepare(tmp_path: Path) -> None:
     cfg = DataConfig("mine", tmp_path, "gpt2")
     with pytest.raises(FileNotFoundError, match="gpt2repro prepare files PATHS --name mine"):
-        ensure_dataset(cfg, DistInfo())
+        prepare_and_locate(cfg)
 
 
 def test_real_prepare_then_train_by_name(corpus: SimpleNamespace, tmp_path: Path) -> None:

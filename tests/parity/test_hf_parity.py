@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import torch
 
+from gpt2repro import presets
 from gpt2repro.model import GPT, GPTConfig
-from gpt2repro.presets import gpt2_124m, tiny
 from gpt2repro.pretrained import export_hf, load_hf
 
 transformers = pytest.importorskip("transformers")
@@ -63,7 +63,7 @@ TINY_CASES: dict[str, dict[str, Any]] = {
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("case", list(TINY_CASES))
 def test_export_matches_transformers(tmp_path: Path, case: str, attn: str) -> None:
-    config = replace(tiny(), **TINY_CASES[case])
+    config = replace(presets.tiny_model(), **TINY_CASES[case])
     ours = random_gpt(config)
     theirs = hf_from(export_hf(ours, tmp_path / "hf"), attn)
     assert theirs.config.vocab_size == config.vocab_size
@@ -72,7 +72,7 @@ def test_export_matches_transformers(tmp_path: Path, case: str, attn: str) -> No
 
 
 def test_124m_export_matches_transformers(tmp_path: Path) -> None:
-    config = gpt2_124m()
+    config = presets.gpt2_124m_model()
     assert config.padded_vocab_size == 50304  # the padded case, with the real shape
     ours = random_gpt(config)
     theirs = hf_from(export_hf(ours, tmp_path / "hf", tokenizer_spec="gpt2"))
@@ -99,7 +99,7 @@ def test_load_transformers_model(tmp_path: Path, vocab_size: int) -> None:
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("pad_vocab_to", [64, 1])
 def test_export_then_load_is_bit_identical(tmp_path: Path, bias: bool, pad_vocab_to: int) -> None:
-    config = replace(tiny(), bias=bias, pad_vocab_to=pad_vocab_to)
+    config = replace(presets.tiny_model(), bias=bias, pad_vocab_to=pad_vocab_to)
     ours = random_gpt(config)
     back = load_hf(export_hf(ours, tmp_path / "hf"), pad_vocab_to=pad_vocab_to)
     assert back.config == config

@@ -12,6 +12,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from gpt2repro import presets
 from gpt2repro.model import GPT, GPTConfig, modern_model_options
 from gpt2repro.nanochat import (
     GPT2_CLASS,
@@ -22,14 +23,13 @@ from gpt2repro.nanochat import (
     stock_class,
     to_nanochat,
 )
-from gpt2repro.presets import tiny
 
 transformers = pytest.importorskip("transformers")
 TOL = 1e-5  # fp32 CPU
 
 
 def modern(**kw) -> GPTConfig:
-    cfg = modern_model_options(tiny(), logit_softcap=15.0)
+    cfg = modern_model_options(presets.tiny_model(), logit_softcap=15.0)
     return replace(cfg, vocab_size=100, zero_init_proj=False, **kw)
 
 
@@ -88,3 +88,36 @@ def test_stock_class_is_named_for_each_architecture_and_mixtures_refused() -> No
     assert "position='rope'" in str(e.value) and "qk_norm=False" in str(e.value)
     with pytest.raises(ValueError, match="bias=True"):
         stock_class(replace(modern(), bias=True))
+
+
+def test_export_loads_with_automodel_and_matches_both_ways(tmp_path) -> None:
+    """`export_hf` of a modern model: transformers' own class with no custom code, the same
+    logits, the same token ids from AutoTokenizer, and load_hf back to the same model."""
+    from gpt2repro.pretrained import export_hf, load_hf
+    from gpt2repro.tokenizer import GPT2Tokenizer
+
+    torch.manual_seed(0)
+    ours = GPT(replace(modern(), vocab_size=50257)).eval()
+    out = export_hf(ours, tmp_path / "export", "gpt2")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(hf).__name__ == NANOCHAT_CLASS
+    text = "Hello world, the modern recipe speaks."
+    ids = transformers.AutoTokenizer.from_pretrained(out)(text)["input_ids"]
+    assert ids == GPT2Tokenizer().encode(text)
+    idx = torch.tensor([ids])
+    with torch.no_grad():
+        a, b = ours(idx), hf(idx).logits
+    assert (a - b).abs().max().item() < TOL
+    back = load_hf(out)
+    assert back.config == replace(ours.config, zero_init_proj=False)
+    with torch.no_grad():
+        assert (back(idx) - a).abs().max().item() < TOL
+
+
+def test_export_refuses_a_model_no_stock_class_holds(tmp_path) -> None:
+    from gpt2repro.pretrained import export_hf
+
+    model = GPT(replace(presets.tiny_model(), vocab_size=100, position="rope"))
+    with pytest.raises(ValueError, match="position='rope'"):
+        export_hf(model, tmp_path / "export")
+    assert not (tmp_path / "export").exists()

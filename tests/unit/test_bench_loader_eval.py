@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt2repro.data.bench import (
+from gpt2repro.bench.eval import bench_eval, one_at_a_time, synthetic_examples
+from gpt2repro.bench.loader import (
     RawWindows,
     bench_loader,
     parse_shape,
@@ -18,7 +19,6 @@ from gpt2repro.data.loader import TokenLoader
 from gpt2repro.data.manifest import read_manifest
 from gpt2repro.data.verify import verify_dataset
 from gpt2repro.distributed import DistInfo
-from gpt2repro.evaluation.bench import bench_eval, one_at_a_time, synthetic_examples
 from gpt2repro.evaluation.hellaswag import (
     ENDINGS,
     METRICS,
@@ -162,8 +162,8 @@ def test_bench_shakespeare_gives_the_baseline_our_training_time_at_most(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The step-time probe only sizes the schedule; the time limit holds the budget."""
-    import gpt2repro.training.loop as train_module
-    from gpt2repro.bench import BASELINE_TIME_SLACK, bench_shakespeare
+    import gpt2repro.bench.shakespeare as train_module
+    from gpt2repro.bench.shakespeare import BASELINE_TIME_SLACK, bench_shakespeare
     from gpt2repro.training.loop import RunResult, TrainState
 
     seen = []

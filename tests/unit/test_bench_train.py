@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpt2repro.bench_train import (
+from gpt2repro.bench.train import (
     bracketed_mfu,
     fold_bracket_windows,
     train_targets,

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt2repro.card import write_card
 from gpt2repro.checkpoint import save_checkpoint
+from gpt2repro.evaluation.card import write_card
 from gpt2repro.evaluation.commands import CardArgs, run_card
 from gpt2repro.evaluation.report import task_entry, write_results
 from gpt2repro.loading import load_source

@@ -10,20 +10,20 @@ import pytest
 import torch
 
 from gpt2repro.checkpoint import (
-    fallback_advice,
     is_checkpoint,
     load_model,
     load_train_state,
-    prune,
     restore_train_checkpoint,
     restore_weights,
     rng_state,
     save_checkpoint,
     save_train_checkpoint,
     set_rng_state,
+    upgrade_state,
 )
 from gpt2repro.distributed import DistInfo
 from gpt2repro.model import GPT
+from gpt2repro.run_dir import RunDir, fallback_advice
 from gpt2repro.tokenizer import GPT2Tokenizer
 
 
@@ -87,11 +87,12 @@ def _fake_step_checkpoint(root: Path, step: int) -> Path:
 def test_prune_keeps_the_checkpoint_just_written(tmp_path: Path, keep_last: int) -> None:
     # A run resumed from step 10 of a folder that also holds steps 20 and 30 of an older
     # attempt, now writing step 15: sorting the folder by name would delete step 15.
+    run = RunDir(tmp_path)
     for step in (5, 10, 20, 30):
-        _fake_step_checkpoint(tmp_path, step)
-    newest = _fake_step_checkpoint(tmp_path, 15)
-    prune(tmp_path, keep_last, newest)
-    kept = sorted(int(p.name[5:]) for p in tmp_path.glob("step_*"))
+        _fake_step_checkpoint(run.checkpoints, step)
+    newest = _fake_step_checkpoint(run.checkpoints, 15)
+    run.prune(keep_last, newest)
+    kept = sorted(int(p.name[5:]) for p in run.checkpoints.glob("step_*"))
     expected = {1: [15, 20, 30], 2: [10, 15, 20, 30], 3: [5, 10, 15, 20, 30]}[keep_last]
     assert kept == expected
 
@@ -187,7 +188,9 @@ def test_cuda_rng_is_this_gpus_and_resumes_on_fewer_gpus(monkeypatch: pytest.Mon
     set_rng_state(saved)
     assert len(one.set) == 1 and torch.equal(one.set[0], torch.full((4,), 3))
     # A checkpoint of the older layout (every GPU's generator, a list) resumes too.
-    set_rng_state({**saved, "cuda": [torch.full((4,), i) for i in range(8)]})
+    set_rng_state(
+        upgrade_state({"rng": {**saved, "cuda": [torch.full((4,), i) for i in range(8)]}})["rng"]
+    )
     assert torch.equal(one.set[1], torch.full((4,), 0))
 
 

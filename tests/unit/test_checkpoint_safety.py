@@ -143,7 +143,7 @@ def test_check_files_finds_a_cut_short_file(
 
 
 def test_truncate_after_trims_samples_like_metrics(tmp_path: Path) -> None:
-    w = MetricsWriter(tmp_path, tensorboard=False, wandb_project=None, config={})
+    w = MetricsWriter(tmp_path / "metrics.jsonl", tmp_path / "samples.txt", None, None, config={})
     for step in (2, 4, 6):
         w.write_samples(step, [f"a sample at {step}", "=== step 99 === is not a header here"])
     with open(tmp_path / "samples.txt", "a") as f:

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from gpt2repro.data import verify
-from gpt2repro.data.commands import resolve_dataset
 from gpt2repro.data.loader import TokenLoader, eval_batches
+from gpt2repro.data.locate import resolve_dataset
 from gpt2repro.data.manifest import prepared_under_name, read_manifest
 from gpt2repro.data.shards import ShardFormatError, read_header, write_shard
 from gpt2repro.tokenizer import EOT, load_tokenizer, valid_utf8

@@ -20,8 +20,9 @@ from gpt2repro.config import OptimConfig, StabilityConfig
 from gpt2repro.model import GPT, GPTConfig
 from gpt2repro.parallelize import resolve_dtype
 from gpt2repro.tokenizer import GPT2Tokenizer
-from gpt2repro.training import loop as train
 from gpt2repro.training.optimizer import build_optimizer
+from gpt2repro.training.stability import apply_step
+from gpt2repro.training.state import TrainState
 from gpt2repro.training.step import train_step
 
 CPU = torch.device("cpu")
@@ -66,11 +67,11 @@ def step(s: SimpleNamespace, batches: Batches) -> tuple[torch.Tensor, torch.Tens
 def run_steps(s: SimpleNamespace, steps: int, batches: Batches | None = None) -> list[float]:
     """`steps` optimizer steps of two micro-batches each; returns (loss, grad norm) pairs, flat."""
     batches = batches or Batches()
-    state = train.TrainState()
+    state = TrainState()
     out = []
     for _ in range(steps):
         loss, norm = step(s, batches)
-        train.apply_step(s, state, loss.item(), norm.item())  # type: ignore[arg-type]
+        apply_step(s, state, loss.item(), norm.item(), None)  # type: ignore[arg-type]
         out += [loss.item(), norm.item()]
     return out
 
@@ -98,11 +99,11 @@ def test_overflow_skips_the_step_and_backs_off() -> None:
     """A loss scale of 2^40 overflows fp16 gradients: no update, the scale halves each time."""
     s = session("fp16", init_scale=2.0**40)
     before = {k: v.clone() for k, v in s.model.state_dict().items()}
-    batches, state = Batches(), train.TrainState()
+    batches, state = Batches(), TrainState()
     for _ in range(3):
         loss, norm = step(s, batches)
         assert not math.isfinite(norm.item())
-        assert not train.apply_step(s, state, loss.item(), norm.item())  # type: ignore[arg-type]
+        assert not apply_step(s, state, loss.item(), norm.item(), None)  # type: ignore[arg-type]
     # Counted apart from bad steps: an overflow is routine for fp16 and must not end the run.
     assert (state.overflow_steps, state.skipped_steps, state.bad_streak) == (3, 0, 0)
     for name, value in s.model.state_dict().items():

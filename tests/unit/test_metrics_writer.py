@@ -13,7 +13,7 @@ def records(path: Path) -> list[dict]:
 
 
 def test_truncate_keeps_steps_up_to_the_checkpoint(tmp_path: Path) -> None:
-    w = MetricsWriter(tmp_path, tensorboard=False, wandb_project=None, config={})
+    w = MetricsWriter(tmp_path / "metrics.jsonl", tmp_path / "samples.txt", None, None, config={})
     for step in range(1, 8):
         w.write({"step": step, "kind": "train", "loss": 1.0 / step})
     w.write({"step": 4, "kind": "val", "loss": 0.5})
@@ -30,7 +30,7 @@ def test_truncate_drops_a_line_torn_by_a_kill(tmp_path: Path) -> None:
     whole = [json.dumps({"step": s, "kind": "train", "loss": 2.0}) for s in (1, 2, 3)]
     torn = json.dumps({"step": 4, "kind": "train", "loss": 2.0})[:17]  # SIGKILL mid-write
     path.write_text("\n".join([*whole, torn]))
-    w = MetricsWriter(tmp_path, tensorboard=False, wandb_project=None, config={})
+    w = MetricsWriter(tmp_path / "metrics.jsonl", tmp_path / "samples.txt", None, None, config={})
     w.truncate_after(3)
     w.write({"step": 4, "kind": "train", "loss": 1.5})  # the resumed run carries on
     assert [r["step"] for r in records(path)] == [1, 2, 3, 4]

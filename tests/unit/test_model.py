@@ -14,7 +14,13 @@ import torch.nn.functional as F
 import gpt2repro.loss as loss_module
 import gpt2repro.model as model_module
 from gpt2repro.model import GPT, GPTConfig, KVCache, gelu_tanh
-from gpt2repro.presets import MODEL_PRESETS, gpt2_124m, model_preset
+from gpt2repro.presets import (
+    MODEL_PRESETS,
+    TRAIN_PRESETS,
+    gpt2_124m_model,
+    model_preset,
+    train_preset,
+)
 
 
 def test_124m_parameter_count_matches_transformers() -> None:
@@ -25,7 +31,7 @@ def test_124m_parameter_count_matches_transformers() -> None:
     assert ours == hf.num_parameters() == 124_439_808
     # Padding the embedding for speed must not change the reported count.
     with torch.device("meta"):
-        padded = GPT(gpt2_124m())
+        padded = GPT(gpt2_124m_model())
     assert padded.config.padded_vocab_size == 50304
     assert padded.num_params() == 124_439_808
 
@@ -43,7 +49,7 @@ def test_initial_loss_of_124m_matches_closed_form() -> None:
     # Logits are ln_f(x) @ wte.T with unit-variance features and N(0, 0.02) rows, so they are
     # ~N(0, s^2) with s^2 = 768 * 0.02^2, and E[CE] = ln V + s^2 / 2 for large V.
     torch.manual_seed(0)
-    model = GPT(gpt2_124m())
+    model = GPT(gpt2_124m_model())
     x = torch.randint(0, 50257, (2, 128))
     y = torch.randint(0, 50257, (2, 128))
     expected = math.log(50257) + 768 * 0.02**2 / 2
@@ -123,6 +129,23 @@ def test_presets_build_and_validate() -> None:
             GPT(model_preset(name))
     with pytest.raises(ValueError, match="Unknown model preset 'nope'"):
         model_preset("nope")
+
+
+def test_preset_names_follow_the_rule() -> None:
+    """A model shape's function ends in _model and is typed without it (init:NAME); a
+    training run's function is typed as it is named (--preset NAME). Either name given to
+    the other namespace is answered with the right one."""
+    for name, make in MODEL_PRESETS.items():
+        assert make.__name__ == name + "_model", (name, make.__name__)
+        assert isinstance(make(), GPTConfig), name
+    for name, make_run in TRAIN_PRESETS.items():
+        assert make_run.__name__ == name and not name.endswith("_model"), name
+    with pytest.raises(ValueError, match="use init:gpt2_124m"):
+        model_preset("gpt2_124m_model")
+    with pytest.raises(ValueError, match="'gpt2_124m_owt' is a training preset"):
+        model_preset("gpt2_124m_owt")
+    with pytest.raises(ValueError, match=r"a model shape \(init:tiny\)"):
+        train_preset("tiny")
 
 
 def test_meta_device_build_then_init() -> None:

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gpt2repro import presets
 from gpt2repro.loss import linear_cross_entropy
 from gpt2repro.model import GPT, GPTConfig, KVCache, apply_rope, modern_model_options, rope_angles
-from gpt2repro.presets import tiny
 
 
 def capped_naive(x, w, t, vocab, cap):
@@ -44,7 +44,9 @@ def test_softcapped_chunked_loss_equals_capped_cross_entropy(chunk: int) -> None
 
 
 def modern_tiny(**kw) -> GPTConfig:
-    return replace(modern_model_options(tiny(), logit_softcap=5.0), vocab_size=100, **kw)
+    return replace(
+        modern_model_options(presets.tiny_model(), logit_softcap=5.0), vocab_size=100, **kw
+    )
 
 
 def test_model_loss_equals_cross_entropy_of_its_capped_logits() -> None:

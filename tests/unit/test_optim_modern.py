@@ -8,9 +8,9 @@ from dataclasses import replace
 import pytest
 import torch
 
+from gpt2repro import presets
 from gpt2repro.config import OptimConfig
 from gpt2repro.model import GPT, modern_model_options
-from gpt2repro.presets import tiny
 from gpt2repro.training.optimizer import (
     MuonAdamW,
     apply_schedule,
@@ -46,7 +46,9 @@ def test_momentum_warmup_is_linear() -> None:
 
 def modern_model(seed: int = 0) -> GPT:
     torch.manual_seed(seed)
-    cfg = replace(modern_model_options(tiny()), vocab_size=50, zero_init_proj=False, bias=False)
+    cfg = replace(
+        modern_model_options(presets.tiny_model()), vocab_size=50, zero_init_proj=False, bias=False
+    )
     return GPT(cfg)
 
 

@@ -14,13 +14,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gpt2repro import pretrained
+from gpt2repro import presets, pretrained
 from gpt2repro.model import GPT, GPTConfig
-from gpt2repro.presets import tiny
 from gpt2repro.pretrained import export_hf, hf_tokenizer_spec, load_hf
 from gpt2repro.tokenizer import load_tokenizer
 
-SMALL = replace(tiny(), vocab_size=100)  # fast; padded to 128 rows
+SMALL = replace(presets.tiny_model(), vocab_size=100)  # fast; padded to 128 rows
 
 
 def small_gpt(config: GPTConfig = SMALL) -> GPT:
@@ -228,7 +227,7 @@ def test_load_casts_to_requested_dtype(tmp_path: Path) -> None:
 
 def test_tokenizer_spec_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    from gpt2repro.tokenizer import train_bpe
+    from gpt2repro.data.train_bpe import train_bpe
 
     (tmp_path / "tok").mkdir()
     (tmp_path / "corpus.txt").write_text("the cat sat on the mat. " * 200, encoding="utf-8")
@@ -280,7 +279,7 @@ def test_export_carries_gpt2s_tokenizer_for_transformers(tmp_path: Path) -> None
 
 
 def test_export_of_a_trained_bpe_names_its_end_of_text(tmp_path: Path) -> None:
-    from gpt2repro.tokenizer import train_bpe
+    from gpt2repro.data.train_bpe import train_bpe
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the cat sat on the mat. " * 200, encoding="utf-8")

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpt2repro import assets
+from gpt2repro.data.train_bpe import train_bpe
 from gpt2repro.tokenizer import (
     EOT,
     MIN_BPE_VOCAB_SIZE,
@@ -29,7 +30,6 @@ from gpt2repro.tokenizer import (
     GPT2Tokenizer,
     Tokenizer,
     load_tokenizer,
-    train_bpe,
     train_bpe_from_texts,
 )
 

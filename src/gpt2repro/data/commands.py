@@ -1,4 +1,4 @@
-"""Arguments and entry points of `gpt2repro prepare`, `gpt2repro data verify` and `bench prepare`.
+"""`gpt2repro prepare` and `gpt2repro data verify`: arguments and entry points.
 
 Each `*Args` dataclass is parsed by tyro in `gpt2repro.cli` (field docstrings become
 --help); each `run_*` function raises ValueError / FileNotFoundError / ConnectionError for
@@ -66,20 +66,6 @@ class VerifyArgs:
     """Tokenizer the dataset was prepared with: picks among datasets of one name (default: the only one there is), and counts the bytes if the manifest's tokenizer file has moved."""
 
 
-@dataclass
-class BenchPrepareArgs:
-    """Tokens/s of `prepare` with 1 and 2 workers against tiktoken's batch encoder on one core."""
-
-    repeat: int = 12
-    """Copies of the Shakespeare corpus (5 MB, 1.6M tokens each) to tokenize."""
-    workers: tuple[int, ...] = (1, 2)
-    """Worker counts to measure."""
-    rounds: int = 5
-    """Interleaved rounds; ratios are the median of the rounds' ratios."""
-    out: Path | None = None
-    """Also write the result as JSON here."""
-
-
 def _describe(data_dir: Path, manifest: dict[str, Any]) -> str:
     lines = [f"{data_dir} ({manifest['tokenizer']['identifier']}, {manifest['dtype']}):"]
     for split, s in manifest["splits"].items():
@@ -113,60 +99,9 @@ def run_prepare(args: PrepareArgs) -> None:
         run_verify(VerifyArgs(str(out)))
 
 
-def resolve_dataset(dataset: str, data_dir: Path, tokenizer: str = "gpt2") -> Path:
-    """The folder of `dataset`: a path to it, or a name under `data_dir`."""
-    from gpt2repro.data.manifest import MANIFEST, PROGRESS, dataset_dir, prepare_command
-    from gpt2repro.tokenizer import load_tokenizer
-
-    as_path = Path(dataset)
-    if (as_path / MANIFEST).is_file() or (as_path / PROGRESS).is_file():
-        return as_path
-    by_name = dataset_dir(data_dir, dataset, load_tokenizer(tokenizer).identifier)
-    if by_name != as_path and by_name.is_dir():  # reading its manifest says what is missing
-        return by_name
-    # Something that is there but is no dataset; a plain name that is only a file here
-    # (not a folder) still means a dataset's name.
-    if as_path.is_dir() or (as_path.exists() and len(as_path.parts) > 1):
-        raise _not_a_dataset(as_path, data_dir, tokenizer)
-    known = sorted(p.name for p in data_dir.glob("*") if (p / MANIFEST).is_file())
-    # A path names the folder itself; a plain name is looked up under data_dir.
-    target = as_path if len(as_path.parts) > 1 else data_dir / dataset
-    create = prepare_command(target, tokenizer)
-    looked = " and ".join(dict.fromkeys(str(p) for p in (as_path, by_name)))
-    raise FileNotFoundError(
-        f"No prepared dataset {dataset!r} (looked for {looked}). "
-        f"Prepared in {data_dir}: {', '.join(known) or 'none'}. "
-        f"Create it with `{create}`."
-    )
-
-
-def _not_a_dataset(path: Path, data_dir: Path, tokenizer: str) -> FileNotFoundError:
-    """`path` exists but holds no manifest: say what a dataset argument is, and how to make one."""
-    from gpt2repro.data.manifest import MANIFEST, prepare_command
-
-    expected = (
-        f"Pass a prepared dataset's folder (one holding {MANIFEST}), or the name of one "
-        f"under {data_dir}."
-    )
-    if path.is_dir() and not any(path.iterdir()):
-        return FileNotFoundError(
-            f"{path} is an empty folder, not a prepared dataset. {expected} Create it with "
-            f"`{prepare_command(path, tokenizer)}`."
-        )
-    what, name = (
-        ("a file", path.stem) if path.is_file() else (f"a folder without {MANIFEST}", path.name)
-    )
-    create = f"gpt2repro prepare files {path} --name {name} --data-dir {data_dir}"
-    if tokenizer != "gpt2":
-        create += f" --tokenizer {tokenizer}"
-    return FileNotFoundError(
-        f"{path} is {what}, not a prepared dataset. {expected} To use the text in it, "
-        f"prepare it first: `{create}`."
-    )
-
-
 def _dataset_to_verify(args: VerifyArgs) -> Path:
     """Without --tokenizer, a name means the one dataset of that name, whatever its tokenizer."""
+    from gpt2repro.data.locate import resolve_dataset
     from gpt2repro.data.manifest import MANIFEST, prepared_under_name
 
     as_path = Path(args.dataset)
@@ -192,10 +127,3 @@ def run_verify(args: VerifyArgs) -> None:
         for split, s in summary["splits"].items()
     ]
     print(f"OK {summary['dataset']}: " + "; ".join(parts))
-
-
-def run_bench_prepare(args: BenchPrepareArgs) -> None:
-    from gpt2repro.bench import report
-    from gpt2repro.data.bench import bench_prepare
-
-    report(bench_prepare(args.repeat, args.workers, args.rounds), args.out)

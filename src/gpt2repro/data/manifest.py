@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt2repro.atomic import write_text_atomic
+from gpt2repro.data.sources import BUILT_IN
 
 MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
@@ -66,11 +67,9 @@ def prepare_command(data_dir: Path, tokenizer: str = "gpt2") -> str:
 
     A built-in dataset's name stands alone; any other name can only be local files.
     """
-    from gpt2repro.data.prepare import DATASETS  # prepare imports this module
-
     data_dir = Path(data_dir)
     name, root = data_dir.name, data_dir.parent
-    if name in DATASETS and name != "files":
+    if name in BUILT_IN:
         command = f"gpt2repro prepare {name}"
     else:
         command = f"gpt2repro prepare files --name {name}"
@@ -78,7 +77,7 @@ def prepare_command(data_dir: Path, tokenizer: str = "gpt2") -> str:
         command += f" --tokenizer {tokenizer}"
     if root != Path("data"):  # the default --data-dir
         command += f" --data-dir {root}"
-    return command if name in DATASETS and name != "files" else command + " PATHS..."
+    return command if name in BUILT_IN else command + " PATHS..."
 
 
 def _not_prepared(data_dir: Path) -> FileNotFoundError:

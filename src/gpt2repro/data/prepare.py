@@ -29,20 +29,18 @@ from tqdm import tqdm
 
 from gpt2repro.data import manifest as mf
 from gpt2repro.data.shards import token_dtype
-from gpt2repro.data.sources import DEFAULT_VAL_FRACTION, Source, expand_paths, files, shakespeare
+from gpt2repro.data.sources import (
+    DATASETS,
+    DEFAULT_VAL_FRACTION,
+    Source,
+    expand_paths,
+    files,
+    shakespeare,
+)
 from gpt2repro.data.workers import encode_stream
 from gpt2repro.data.writer import DatasetWriter, TokenizerInfo
 from gpt2repro.tokenizer import Tokenizer, load_tokenizer
 
-DATASETS = (
-    "shakespeare",
-    "tinyshakespeare",
-    "tinystories",
-    "openwebtext",
-    "fineweb-edu",
-    "fineweb",
-    "files",
-)
 # Sources that come with their own validation split.
 OWN_SPLIT = ("tinyshakespeare", "tinystories")
 # 100M tokens (200 MB as uint16) per shard, as in llm.c and nanochat's FineWeb shards.

@@ -19,6 +19,17 @@ from typing import Any, NamedTuple
 
 from gpt2repro import assets
 
+# Every dataset `gpt2repro prepare` knows; all but "files" are prepared from their name alone.
+DATASETS = (
+    "shakespeare",
+    "tinyshakespeare",
+    "tinystories",
+    "openwebtext",
+    "fineweb-edu",
+    "fineweb",
+    "files",
+)
+BUILT_IN = tuple(d for d in DATASETS if d != "files")
 FILE_SUFFIXES = (".txt", ".jsonl", ".parquet")
 # Each dataset's default validation fraction, for sources without a split of their own.
 # shakespeare: 0.1 puts 4 of its 42 works into validation (troilus_and_cressida, sonnets,

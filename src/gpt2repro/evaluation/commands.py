@@ -196,8 +196,8 @@ def _trained_on(source: str) -> dict[str, Any] | None:
 
 
 def _val_dataset(args: EvalArgs, tok: Any, trained_on: dict[str, Any] | None, dist: Any) -> Path:
-    from gpt2repro.data.commands import resolve_dataset
     from gpt2repro.data.loader import read_manifest
+    from gpt2repro.data.locate import resolve_dataset
     from gpt2repro.distributed import print0
 
     if args.data is not None:
@@ -219,13 +219,12 @@ def _val_dataset(args: EvalArgs, tok: Any, trained_on: dict[str, Any] | None, di
 def _training_dataset(trained_on: dict[str, Any], data_root: Path, tok: Any) -> Path:
     """The prepared dataset a checkpoint was trained on, found as training found it: by name
     (or folder) under the data root the run used, then under --data-root."""
-    from gpt2repro.config import DataConfig
-    from gpt2repro.tokenizer_setup import find_prepared
+    from gpt2repro.data.locate import find_prepared
 
     name = trained_on["dataset"]
     roots = list(dict.fromkeys([Path(trained_on.get("data_root") or "data"), data_root]))
     for root in roots:
-        found = find_prepared(DataConfig(dataset=name, data_root=root), tok)
+        found = find_prepared(root, name, tok)
         if found is not None:
             return found
     raise FileNotFoundError(
@@ -351,7 +350,7 @@ def run_plot(args: PlotArgs) -> list[Path]:
 
 
 def run_card(args: CardArgs) -> Path:
-    from gpt2repro.card import write_card
+    from gpt2repro.evaluation.card import write_card
 
     readme = write_card(args.checkpoint, args.export_dir, args.name, args.license)
     print(f"wrote {readme}")

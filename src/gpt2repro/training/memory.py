@@ -1,44 +1,51 @@
-"""Peak memory of one training step, counted from what the step holds at once.
+"""Peak memory of one training step, measured by running the step, not by modelling it.
 
-`train --dry-run` prints this estimate and the largest micro-batch that fits the device.
-The terms follow this repository's code rather than a rule of thumb, so they are checked
-against torch itself (tests/unit/test_memory.py: what autograd saves, and the allocation
-trace of whole steps) and against a measured CPU run (tests/integration/
-test_memory_estimate.py). A change to the model, loss.py or the loop shows up there first.
+`train --dry-run` reports the peak for the configured micro-batch and the largest micro-batch
+that fits the device. Both come from `step_probe`, which builds one rank's model and
+optimizer once and then runs training.step's `train_step` + `optimizer_step`, the code that
+trains, once per micro-batch asked about (as torchtitan's scripts/estimate/estimation.py):
+- on CUDA for real, eager, read with the allocator's max_memory_allocated; a micro-batch that
+  runs out of memory does not fit;
+- elsewhere on fake tensors (FakeTensorMode: shapes and dtypes, no data, no memory), every
+  tensor storage counted from allocation to release by `PeakTracker`. The same count on
+  real tensors gives the same bytes (tests/unit/test_memory.py), and a real CPU step's peak
+  RSS is within 20% of it (tests/integration/test_memory_estimate.py).
+FSDP runs its real sharding over a process group of torch's "fake" backend (collectives that
+do nothing), as rank 0 of the job. DDP's reducer cannot run there; its one memory effect is
+reproduced: the gradients live in buckets that exist from construction on.
 
-One rank holds, in eager mode with dropout 0 (every preset):
-- fp32 parameters (4 B each, padded vocabulary rows included), gradients (4 B; absent in
-  the first micro-step's forward, as the loop zeroes with set_to_none=True), AdamW's two
-  moments (8 B) and, under autocast, the bf16/fp16 copy of each block's Linear weights
-  (2 B), which autocast caches in forward and backward keeps;
-- the activations autograd saves for backward, and the loss head's two saved gradients;
-- the short-lived buffers of the step's busiest moment: the loss head's forward, the
-  backward of the last block, the end of backward and the optimizer step, or (with the
-  math attention kernel) the last block's attention forward.
-FSDP and DDP change who holds what (`busy_moments`); those terms are reasoned, not measured.
-
-It counts tensor bytes, what CUDA's max_memory_allocated reports. Left to the caller
-(`needed_bytes`): the torch runtime, and on CPU the freed blocks glibc's malloc keeps.
-torch.compile recomputes pointwise ops instead of saving them: there it is an upper bound.
+The closed form kept is the floor: fp32 weights, gradients and optimizer state, what even
+the optimizer step of micro-batch 1 holds; when it alone does not fit, nothing is run.
+Counted are tensor bytes. Left to the caller (`needed_bytes`): the torch runtime and, on
+CPU, the freed blocks glibc's malloc keeps. torch.compile saves fewer activations than the
+eager step measured here: for compiled runs the estimate is an upper bound.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
-from dataclasses import dataclass, fields
+import sys
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.weak import WeakIdKeyDictionary
 
 from gpt2repro.config import TrainConfig
-from gpt2repro.loss import chunk_tokens_for
-from gpt2repro.model import GPTConfig
-from gpt2repro.parallelize import CPU_MATH_ATTENTION_MAX_T
-from gpt2repro.training.optimizer import fused_by_default
+from gpt2repro.distributed import DistInfo
+from gpt2repro.model import GPT
+from gpt2repro.parallelize import wrap_model, zero_grads
+from gpt2repro.training.optimizer import build_optimizer, muon_params
+from gpt2repro.training.step import optimizer_step, train_step
 
-DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-FP32 = 4
-INT64 = 8
 DEVICE_FRACTION = 0.9
 """Share of a device's memory a run may plan for: headroom for fragmentation and other users."""
 RUNTIME_BYTES = {"cpu": 350_000_000, "cuda": 500_000_000}
@@ -54,265 +61,217 @@ state): glibc's malloc keeps freed blocks below its self-raising mmap threshold.
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes held by one rank at the step's peak, by kind; `phase` says when the peak falls."""
+    """One rank's tensor bytes at the peak of a training step, and the closed-form floor."""
 
-    params: int
+    micro_batch: int
+    peak: int
+    """Measured: the most bytes of tensors alive at once during the step."""
+    weights: int
     grads: int
     optimizer: int
-    weight_copies: int
-    activations: int
-    loss_head: int
-    transient: int
-    phase: str
+    method: str
+    """How `peak` was measured, for the report."""
 
     @property
     def total(self) -> int:
-        return sum(getattr(self, f.name) for f in fields(self) if f.name != "phase")
+        return self.peak
 
-    def breakdown(self) -> str:
-        parts = [(f.name.replace("_", " "), getattr(self, f.name)) for f in fields(self)]
-        return " + ".join(f"{name} {fmt_bytes(n)}" for name, n in parts if name != "phase")
+    @property
+    def floor(self) -> int:
+        """fp32 weights + gradients + optimizer state: all alive at the optimizer step."""
+        return self.weights + self.grads + self.optimizer
+
+    def floor_breakdown(self) -> str:
+        parts = (("weights", self.weights), ("gradients", self.grads))
+        parts += (("optimizer state", self.optimizer),)
+        return " + ".join(f"{name} {fmt_bytes(n)}" for name, n in parts)
 
 
 def fmt_bytes(n: float) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
 
-def block_linear_params(cfg: GPTConfig) -> int:
-    """Weights and biases of one block's four Linear layers (c_attn, c_proj, c_fc, c_proj)."""
-    C, bias = cfg.n_embd, int(cfg.bias)
-    return 12 * C * C + 9 * C * bias
+def state_floor(cfg: TrainConfig, world_size: int = 1) -> tuple[int, int, int]:
+    """Bytes of one rank's fp32 weights, gradients and optimizer state (AdamW: two moments;
+    Muon: one for the blocks' matrices), FSDP-sharded where it shards."""
+    with torch.device("meta"):
+        model = GPT(cfg.model)
+    n = sum(p.numel() for p in model.parameters())  # the tied head once
+    moments = 2 * n
+    if cfg.optim.optimizer == "muon":
+        moments -= sum(p.numel() for p in muon_params(model)[0])
+    shard = world_size if cfg.run.parallel == "fsdp" else 1
+    return 4 * n // shard, 4 * n // shard, 4 * moments // shard
 
 
-def block_params(cfg: GPTConfig) -> int:
-    """All parameters of one block: two LayerNorms and four Linear layers."""
-    return 2 * cfg.n_embd * (1 + int(cfg.bias)) + block_linear_params(cfg)
+class PeakTracker(TorchDispatchMode):
+    """Bytes of live tensor storages, and their peak, counted as ops create and free them.
 
-
-def allocated_params(cfg: GPTConfig) -> int:
-    """Parameters as allocated: the padded vocabulary rows included, the tied head once."""
-    C = cfg.n_embd
-    embeddings = (cfg.padded_vocab_size + cfg.block_size) * C
-    ln_f = C * (1 + int(cfg.bias))
-    return embeddings + cfg.n_layer * block_params(cfg) + ln_f
-
-
-def uses_math_attention(device_type: str, dtype: str, seq_len: int) -> bool:
-    """Whether training runs SDPA's math kernel here (parallelize.train_forward_context)."""
-    return device_type == "cpu" and dtype == "bf16" and seq_len <= CPU_MATH_ATTENTION_MAX_T
-
-
-def activation_bytes_per_token(
-    cfg: GPTConfig, dtype: str, seq_len: int, math_attention: bool = False
-) -> int:
-    """Bytes one block saves for backward per token, in fp32 or under bf16/fp16 autocast."""
-    C, d = cfg.n_embd, DTYPE_BYTES[dtype]
-    # ln_1 and ln_2 save their input, mean and rstd; autocast runs LayerNorm in fp32.
-    layernorms = 2 * (FP32 * C + 2 * FP32)
-    # Inputs of c_attn (ln_1's output), attn.c_proj (the attention output), c_fc and
-    # mlp.c_proj (GELU's output). The flash kernel's output is already (B, T, nh, hs) in
-    # memory, so the transpose before c_proj copies nothing.
-    linear_inputs = d * (C + C + C + 4 * C)
-    if math_attention:
-        # The math kernel upcasts to fp32 and keeps q, k, v and the softmax, nh x T per token.
-        attention = FP32 * (3 * C + cfg.n_head * seq_len)
-    else:
-        # The flash kernel keeps q, k, v (views of c_attn's output) and a logsumexp per head.
-        attention = d * 3 * C + FP32 * cfg.n_head
-    gelu_input = d * 4 * C  # c_fc's output
-    return layernorms + linear_inputs + attention + gelu_input
-
-
-def activation_bytes(
-    cfg: GPTConfig, micro_batch: int, seq_len: int, dtype: str, math_attention: bool = False
-) -> int:
-    """Everything the model saves for backward except the loss head: embeddings, blocks, ln_f."""
-    N = micro_batch * seq_len
-    embeddings = INT64 * (N + seq_len)  # token ids and positions, kept by the two lookups
-    per_block = activation_bytes_per_token(cfg, dtype, seq_len, math_attention)
-    ln_f = (FP32 * cfg.n_embd + 2 * FP32) * N
-    return embeddings + cfg.n_layer * per_block * N + ln_f
-
-
-def loss_head_saved_bytes(cfg: GPTConfig, n_tokens: int) -> int:
-    """linear_cross_entropy keeps d loss/d hidden (N x C) and d loss/d head weight (Vp x C),
-    both fp32, and the count of scored tokens."""
-    return FP32 * cfg.n_embd * (n_tokens + cfg.padded_vocab_size) + FP32
-
-
-def loss_head_transient(cfg: GPTConfig, n_tokens: int, dtype: str, device_type: str) -> int:
-    """The most loss.py's chunked forward holds at once beyond the two gradients it saves.
-
-    Per chunk of n tokens over the padded vocabulary Vp, two moments: log_softmax (the fp32
-    logits and their log-softmax, 8 B per logit) and the head-weight product (Vp x C) beside
-    the chunk's probabilities and their cast. loss.py unbinds a chunk's tensors before the
-    next chunk starts, so nothing of one chunk outlives it but the accumulators.
+    A lean torch.distributed._tools.mem_tracker.MemTracker, which counts the same way
+    (tests/unit/test_memory.py compares them) but also attributes memory to modules, at a
+    cost per op that grows with their number: 7x the time of a fake step for GPT-2 1.5B.
     """
-    C, Vp, d = cfg.n_embd, cfg.padded_vocab_size, DTYPE_BYTES[dtype]
-    cast = d if dtype != "fp32" else 0  # fp32 .to() copies nothing
-    chunk = min(n_tokens, chunk_tokens_for(Vp, device_type))
-    probs = (FP32 + cast) * Vp  # per token
-    logits = 2 * FP32 * Vp  # per token
-    # The accumulator (counted as saved) appears with the first product, which in fp32 is
-    # the accumulator itself; later products are added into it and freed.
-    moments = [max(logits * chunk - FP32 * Vp * C, probs * chunk + cast * Vp * C)]
-    if n_tokens > chunk:
-        later = chunk if n_tokens > 2 * chunk else n_tokens - chunk  # the largest later chunk
-        moments.append(max(logits * later, probs * later + d * Vp * C))
-    # Alive throughout: ln_f's fp32 output (the input), the cast head weight and a chunk's
-    # cast hidden states.
-    held = FP32 * C * n_tokens + cast * Vp * C + cast * C * chunk
-    return held + max(moments)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._sizes: WeakIdKeyDictionary = WeakIdKeyDictionary()  # storage -> [bytes]
+        self._resize = torch.UntypedStorage.resize_
+
+    def _count(self, storage: torch.UntypedStorage) -> None:
+        if storage not in self._sizes:
+            size = [storage.nbytes()]
+            self._sizes[storage] = size
+            weakref.finalize(storage, self._release, size)
+            self.live += size[0]
+
+    def _release(self, size: list[int]) -> None:
+        self.live -= size[0]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        dtensor = sys.modules.get("torch.distributed.tensor")
+        if dtensor is not None and any(issubclass(t, dtensor.DTensor) for t in types):
+            return NotImplemented  # DTensor runs its local ops through this mode instead
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self._count(t.untyped_storage())
+        self.peak = max(self.peak, self.live)
+        return out
+
+    def __enter__(self) -> PeakTracker:
+        # FSDP frees and refills its unsharded parameters by resizing their storage, which
+        # no op reports (MemTracker patches resize_ alike).
+        def resize_(storage: torch.UntypedStorage, nbytes: int) -> Any:
+            out = self._resize(storage, nbytes)
+            size = self._sizes.get(storage)
+            if size is not None:
+                self.live += storage.nbytes() - size[0]
+                size[0] = storage.nbytes()
+                self.peak = max(self.peak, self.live)
+            return out
+
+        torch.UntypedStorage.resize_ = resize_  # type: ignore[method-assign]
+        super().__enter__()
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        torch.UntypedStorage.resize_ = self._resize  # type: ignore[method-assign]
+        super().__exit__(*args)
 
 
-def backward_transient(
-    cfg: GPTConfig, n_tokens: int, dtype: str, seq_len: int, math_attention: bool
-) -> int:
-    """Growth over the end of forward while backward runs through the last block.
+@contextlib.contextmanager
+def fake_process_group(world_size: int) -> Iterator[None]:
+    """A process group of `world_size` ranks whose collectives do nothing: this process
+    shards, gathers and reduces as rank 0 of a real job would."""
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore  # registers "fake"
 
-    The head's backward scales its saved gradients in place and ln_f's frees its saved
-    input; then mlp.c_proj's backward adds the gradient of the GELU output (N x 4C), the
-    residual gradient cast to the compute dtype and the weight gradient. With the math
-    attention kernel, its softmax backward comes later but adds more: the incoming
-    gradient and the result, nh x T fp32 per token each, once the block's MLP, c_proj
-    input and v are freed (calibrated against the profiler's allocation trace).
-    """
-    C, d = cfg.n_embd, DTYPE_BYTES[dtype]
-    cast = d if dtype != "fp32" else 0
-    ln = FP32 * C + 2 * FP32  # a LayerNorm's saved input, mean and rstd
-    mlp = (d * 4 * C + cast * C - ln) * n_tokens + (cast + FP32) * 4 * C * C
-    if not math_attention:
-        return mlp
-    weight_grads = FP32 * block_linear_params(cfg)
-    freed = 2 * ln + d * 10 * C + FP32 * C
-    softmax = (2 * FP32 * cfg.n_head * seq_len - freed) * n_tokens + weight_grads
-    return max(mlp, softmax)
+    if dist.is_initialized():
+        raise RuntimeError("the memory probe needs a process without a process group")
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
-def optimizer_transient(cfg: GPTConfig, device_type: str, fused: bool) -> int:
-    """Temporaries at the end of backward and in AdamW's update (clipping scales in place)."""
-    # Backward's last step adds the embedding lookup's (Vp, C) gradient to the head's.
-    embedding_grad = FP32 * cfg.padded_vocab_size * cfg.n_embd
-    if fused:
-        return embedding_grad  # the fused kernel updates in place
-    if device_type == "cuda":
-        return FP32 * allocated_params(cfg)  # foreach: sqrt(exp_avg_sq) of all tensors at once
-    # On CPU tensor by tensor: sqrt(exp_avg_sq) and its division by the bias correction,
-    # for the largest tensor.
-    largest = max(cfg.padded_vocab_size, cfg.block_size, 4 * cfg.n_embd) * cfg.n_embd
-    return max(embedding_grad, 2 * FP32 * largest)
+Probe = Callable[[int], MemoryEstimate | None]
+"""micro-batch -> the step's measured peak, or None: it ran out of device memory."""
 
 
-def weight_copy_bytes(cfg: GPTConfig, dtype: str, fsdp: bool) -> int:
-    """Weights held in the compute dtype besides the fp32 parameters, in forward and backward."""
-    d = DTYPE_BYTES[dtype]
-    if fsdp:
-        # FSDP gathers in the compute dtype: the root unit (embeddings, ln_f) for the whole
-        # step, and about two blocks at a time (the running one and the prefetched one).
-        return d * (allocated_params(cfg) - max(0, cfg.n_layer - 2) * block_params(cfg))
-    if dtype == "fp32":
-        return 0
-    # autocast's cached casts of the blocks' Linear weights (backward keeps them) and biases.
-    return d * cfg.n_layer * block_linear_params(cfg)
-
-
-def busy_moments(
-    model: GPTConfig,
-    micro_batch: int,
-    seq_len: int,
-    dtype: str,
-    device_type: str = "cpu",
-    world_size: int = 1,
-    parallel: str = "ddp",
-    accum_steps: int = 1,
-    fused_adam: bool | None = None,
-) -> list[MemoryEstimate]:
-    """What one rank holds at each busy moment of a training step (AdamW's state exists)."""
-    P, N, d, C = allocated_params(model), micro_batch * seq_len, DTYPE_BYTES[dtype], model.n_embd
-    fsdp = parallel == "fsdp" and world_size > 1
-    shard = world_size if fsdp else 1
-    params, optimizer, grads = FP32 * P // shard, 2 * FP32 * P // shard, FP32 * P // shard
-    # Gradients exist in forward from an accumulation's second micro-step on; FSDP keeps
-    # them unsharded until the last micro-step (parallelize.grad_sync).
-    early = 0 if accum_steps == 1 else (FP32 * P if fsdp else grads)
-    grads = max(grads, early)
-    if parallel == "ddp" and world_size > 1:
-        # The gradients are views of DDP's buckets (gradient_as_bucket_view), which exist
-        # from construction on. With accumulation, the first step's no_sync micro-steps still
-        # make gradients of their own beside them, until its last micro-step moves them in.
-        extra = FP32 * P if accum_steps > 1 else 0
-        grads = early = FP32 * P + extra
-    held = (params, early, optimizer, weight_copy_bytes(model, dtype, fsdp))
-    math = uses_math_attention(device_type, dtype, seq_len)
-    acts = activation_bytes(model, micro_batch, seq_len, dtype, math)
-    head = loss_head_saved_bytes(model, N)
-    fused = fused_adam if fused_adam is not None else fused_by_default(device_type)
-    moments = [
-        MemoryEstimate(
-            *held, acts, head, loss_head_transient(model, N, dtype, device_type),
-            "loss head forward",
-        ),
-        MemoryEstimate(
-            *held, acts, head, backward_transient(model, N, dtype, seq_len, math),
-            "backward of the last block",
-        ),
-        MemoryEstimate(
-            params, grads, optimizer, 0, 0, 0, optimizer_transient(model, device_type, fused),
-            "end of backward / optimizer step",
-        ),
-    ]  # fmt: skip
-    if math:
-        # The last block's attention forward: fp32 scores beside the softmax (nh x T per
-        # token), softmax's -inf check (1 byte) and c_attn's output, the kernel's input;
-        # the rest of the block, ln_f and the loss head have saved nothing yet.
-        ln = FP32 * C + 2 * FP32
-        later = (d * 10 * C + 2 * ln) * N
-        scores = ((FP32 + 1) * model.n_head * seq_len + d * 3 * C) * N
-        moments.append(MemoryEstimate(*held, acts - later, 0, scores, "attention forward"))
-    return moments
-
-
-def estimate_peak(
-    model: GPTConfig,
-    micro_batch: int,
-    seq_len: int,
-    dtype: str,
-    device_type: str = "cpu",
-    world_size: int = 1,
-    parallel: str = "ddp",
-    accum_steps: int = 1,
-    fused_adam: bool | None = None,
-) -> MemoryEstimate:
-    """Peak memory of one training step on one rank: the busiest of `busy_moments`."""
-    moments = busy_moments(
-        model,
-        micro_batch,
-        seq_len,
-        dtype,
-        device_type,
-        world_size,
-        parallel,
-        accum_steps,
-        fused_adam,
+@contextlib.contextmanager
+def step_probe(
+    cfg: TrainConfig, dtype: str, device: torch.device, world_size: int = 1
+) -> Iterator[Probe]:
+    """One rank's model and optimizer (state created by one step on zero gradients), built
+    once; the probe runs one training step per micro-batch and reports its peak."""
+    T, parallel = cfg.batch.seq_len, cfg.run.parallel
+    fsdp, ddp = world_size > 1 and parallel == "fsdp", world_size > 1 and parallel == "ddp"
+    real = device.type == "cuda"
+    tracker = None if real else PeakTracker()
+    fake = contextlib.nullcontext() if real else FakeTensorMode()
+    counted = tracker or contextlib.nullcontext()
+    floor = state_floor(cfg, world_size)
+    clip = cfg.optim.grad_clip
+    method = (
+        f"measured: one eager training step on {device}, max_memory_allocated"
+        if real
+        else "measured: one eager training step on fake tensors, every storage counted"
     )
-    return max(moments, key=lambda m: m.total)
+    with fake_process_group(world_size) if fsdp else contextlib.nullcontext():
+        if real:
+            gc.collect()
+            torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(device) if real else 0
+        with fake, counted, torch.device(device):
+            gpt = GPT(cfg.model)
+        model: torch.nn.Module = gpt
+        if fsdp:  # outside fake mode: the device mesh reads its ranks from real tensors
+            with counted:
+                model = wrap_model(
+                    gpt, device, False, DistInfo(world_size=world_size), parallel, dtype
+                )
+        with fake, counted, torch.device(device):
+            optimizer = build_optimizer(gpt, cfg.optim, device)
+            scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16")
+            for p in gpt.parameters():
+                p.grad = torch.zeros_like(p)
+            optimizer.step()
+            zero_grads(model, optimizer)
+        seen: dict[int, MemoryEstimate | None] = {}
 
+        def run(micro_batch: int) -> None:
+            accum = cfg.batch.tokens_per_step // (micro_batch * T * world_size)
+            x = torch.randint(0, cfg.model.vocab_size, (micro_batch, T))
+            micro, buckets = 1, None
+            if fsdp:  # it keeps the unsharded gradients of unsynchronised micro-steps itself
+                micro = min(accum, 2)  # later micro-steps hold what the second holds
+            elif accum > 1 or ddp:
+                # From the second micro-step on, and always under DDP (its gradients are views
+                # of buckets made at construction), gradients exist during forward: one
+                # micro-step on zero gradients holds what those hold.
+                for p in gpt.parameters():
+                    p.grad = torch.zeros_like(p)
+                if ddp and accum > 1:  # the first step's no_sync micro-steps make their own
+                    buckets = torch.empty(sum(p.numel() for p in gpt.parameters()))
+            train_step(model, optimizer, scaler, lambda: (x, x), micro, device, dtype, clip)
+            optimizer_step(model, optimizer, scaler)
+            del buckets
 
-def estimate_for_config(
-    cfg: TrainConfig, dtype: str, device_type: str, world_size: int = 1
-) -> MemoryEstimate:
-    """`estimate_peak` for a training config, its micro-batch and accumulation included."""
-    return estimate_peak(
-        cfg.model,
-        cfg.batch.micro_batch,
-        cfg.batch.seq_len,
-        dtype,
-        device_type,
-        world_size,
-        cfg.run.parallel,
-        cfg.grad_accum_steps(world_size),
-        cfg.optim.fused,
-    )
+        def probe(micro_batch: int) -> MemoryEstimate | None:
+            if micro_batch not in seen:
+                seen[micro_batch] = None
+                if tracker is not None:
+                    tracker.peak = tracker.live
+                    with fake, tracker, torch.device(device):
+                        run(micro_batch)
+                    peak = tracker.peak
+                else:
+                    torch.cuda.reset_peak_memory_stats(device)
+                    try:
+                        with torch.device(device):
+                            run(micro_batch)
+                        oom = False
+                    except torch.OutOfMemoryError:
+                        oom = True  # freed below, once the traceback no longer holds the step
+                    if oom:
+                        zero_grads(model, optimizer)
+                        gc.collect()
+                        torch.cuda.empty_cache()
+                        return None
+                    peak = torch.cuda.max_memory_allocated(device) - base
+                seen[micro_batch] = MemoryEstimate(micro_batch, peak, *floor, method)
+            return seen[micro_batch]
+
+        try:
+            yield probe
+        finally:
+            del model, gpt, optimizer
+            if real:
+                gc.collect()
+                torch.cuda.empty_cache()
 
 
 def device_memory_bytes(device: torch.device) -> tuple[int, str]:
@@ -332,16 +291,16 @@ def device_memory_bytes(device: torch.device) -> tuple[int, str]:
 def needed_bytes(estimate: MemoryEstimate, device_type: str) -> int:
     """What a run needs of its device: the tensors, malloc's slack on CPU, the runtime."""
     slack = CPU_MALLOC_SLACK if device_type == "cpu" else 1.0
-    kept = estimate.params + estimate.optimizer  # allocated once, never freed
+    kept = estimate.weights + estimate.optimizer  # allocated once, never freed
     return kept + int((estimate.total - kept) * slack) + RUNTIME_BYTES.get(device_type, 0)
 
 
 @dataclass(frozen=True)
 class Suggestion:
     micro_batch: int | None
-    """The largest valid micro-batch whose estimate fits, or None."""
-    estimate: MemoryEstimate
-    """Estimate for `micro_batch`, or for the smallest candidate when none fits."""
+    """The largest valid micro-batch whose step fits, or None."""
+    estimate: MemoryEstimate | None
+    """The step of `micro_batch`, or of the smallest candidate when none fits (None: not run)."""
     budget: int
     """Bytes allowed: a fraction of the device's memory, for `needed_bytes`."""
     message: str
@@ -358,7 +317,7 @@ def valid_micro_batches(tokens_per_step: int, seq_len: int, world_size: int) -> 
 
 def suggest_micro_batch(
     cfg: TrainConfig,
-    dtype: str,
+    probe: Probe,
     device_type: str,
     device_bytes: int,
     world_size: int = 1,
@@ -366,8 +325,10 @@ def suggest_micro_batch(
 ) -> Suggestion:
     """The largest micro-batch that keeps the token budget valid and fits `fraction` of memory.
 
-    Every divisor of the step's sequences per rank is tried: with a single micro-step no
-    gradients exist during forward, so the estimate is not monotone in the micro-batch.
+    With accumulation the peak grows with the micro-batch, so those candidates are bisected.
+    The largest runs a single micro-step, without gradients during forward, which can save
+    at most their bytes: it is run unless a smaller micro-batch's step, less those bytes,
+    already does not fit.
     """
     b = cfg.batch
     candidates = valid_micro_batches(b.tokens_per_step, b.seq_len, world_size)
@@ -377,37 +338,59 @@ def suggest_micro_batch(
             f"{b.seq_len}*{world_size}: no micro-batch divides it. Change --batch.tokens-per-step."
         )
     budget = int(fraction * device_bytes)
-    estimates = {
-        mb: estimate_peak(
-            cfg.model,
-            mb,
-            b.seq_len,
-            dtype,
-            device_type,
-            world_size,
-            cfg.run.parallel,
-            b.tokens_per_step // (mb * b.seq_len * world_size),
-            cfg.optim.fused,
-        )
-        for mb in candidates
-    }
-    fitting = [mb for mb, est in estimates.items() if needed_bytes(est, device_type) <= budget]
-    if not fitting:
-        need = needed_bytes(estimates[candidates[0]], device_type)
+    advice = (
+        f"more than {fraction:.0%} of {fmt_bytes(device_bytes)}. Use a smaller model, a shorter "
+        f"--batch.seq-len, or --run.parallel fsdp over more devices."
+    )
+    weights, grads, optimizer = state_floor(cfg, world_size)
+    floor = MemoryEstimate(1, weights + grads + optimizer, weights, grads, optimizer, "closed form")
+    if needed_bytes(floor, device_type) > budget:
+        need = fmt_bytes(needed_bytes(floor, device_type))
         return Suggestion(
             None,
-            estimates[candidates[0]],
+            None,
             budget,
-            f"none: even micro-batch {candidates[0]} needs ~{fmt_bytes(need)}, more than "
-            f"{fraction:.0%} of {fmt_bytes(device_bytes)}. Use a smaller model, a shorter "
-            f"--batch.seq-len, or --run.parallel fsdp over more devices.",
+            f"none: even micro-batch {candidates[0]} needs more than ~{need} (weights, "
+            f"gradients and optimizer state alone), {advice}",
         )
-    mb = max(fitting)
-    need = needed_bytes(estimates[mb], device_type)
+
+    def fits(mb: int) -> bool:
+        est = probe(mb)
+        return est is not None and needed_bytes(est, device_type) <= budget
+
+    *rest, last = candidates
+    best = failed = None
+    if b.micro_batch == last and fits(last):  # measured for the report anyway
+        best, rest = last, []
+    lo, hi = 0, len(rest) - 1
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if fits(rest[mid]):
+            best, lo = rest[mid], mid + 1
+        else:
+            failed, hi = rest[mid], mid - 1
+    chance = best != last
+    if chance and failed is not None:
+        f = probe(failed)  # less the gradients it held in forward (FSDP: unsharded)
+        grads_in_forward = grads * (world_size if cfg.run.parallel == "fsdp" else 1)
+        chance = (
+            f is None
+            or needed_bytes(replace(f, peak=f.peak - grads_in_forward), device_type) <= budget
+        )
+    if chance and fits(last):
+        best = last
+    if best is None:
+        est = probe(candidates[0])
+        need = f"~{fmt_bytes(needed_bytes(est, device_type))}" if est else "more than the device"
+        return Suggestion(
+            None, est, budget, f"none: even micro-batch {candidates[0]} needs {need}, {advice}"
+        )
+    est = probe(best)
+    assert est is not None, f"micro-batch {best} fitted but has no estimate"
     return Suggestion(
-        mb,
-        estimates[mb],
+        best,
+        est,
         budget,
-        f"{mb} (--batch.micro-batch {mb}), needing ~{fmt_bytes(need)} of {fraction:.0%} x "
-        f"{fmt_bytes(device_bytes)}",
+        f"{best} (--batch.micro-batch {best}), needing ~{fmt_bytes(needed_bytes(est, device_type))} "
+        f"of {fraction:.0%} x {fmt_bytes(device_bytes)}",
     )

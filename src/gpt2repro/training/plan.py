@@ -7,19 +7,20 @@ from dataclasses import asdict
 
 import torch
 
-from gpt2repro import checkpoint as ckpt
 from gpt2repro.config import TrainConfig
 from gpt2repro.distributed import dist_info_from_env
 from gpt2repro.metrics import datasheet_peak, flops_per_token, measure_matmul_peak
 from gpt2repro.model import GPT
 from gpt2repro.parallelize import DTYPES, resolve_dtype
+from gpt2repro.run_dir import RunDir, resume_point
 from gpt2repro.runtime import resolve_device
 from gpt2repro.training.memory import (
     CPU_MALLOC_SLACK,
     RUNTIME_BYTES,
     device_memory_bytes,
-    estimate_for_config,
     fmt_bytes,
+    state_floor,
+    step_probe,
     suggest_micro_batch,
 )
 
@@ -35,8 +36,7 @@ def _duration(seconds: float) -> str:
 
 
 def _memory_lines(cfg: TrainConfig, device: torch.device, dtype: str, world: int) -> list[str]:
-    """Estimated peak memory with its breakdown, the device's memory, the largest micro-batch."""
-    est = estimate_for_config(cfg, dtype, device.type, world)
+    """Measured peak memory of the configured step, its floor, the device's memory, the largest micro-batch."""
     device_bytes, source = device_memory_bytes(device)
     if device.type == "cpu" and world > 1:
         device_bytes //= world  # the ranks of a CPU run share one machine's memory
@@ -49,10 +49,19 @@ def _memory_lines(cfg: TrainConfig, device: torch.device, dtype: str, world: int
         )
     else:
         beyond = f"plus the CUDA context (~{runtime}); eager mode (torch.compile saves less)"
-    suggestion = suggest_micro_batch(cfg, dtype, device.type, device_bytes, world)
+    with step_probe(cfg, dtype, device, world) as probe:
+        suggestion = suggest_micro_batch(cfg, probe, device.type, device_bytes, world)
+        est = probe(cfg.batch.micro_batch)
+    weights, grads, optimizer = state_floor(cfg, world)
+    floor = f"{fmt_bytes(weights + grads + optimizer)} = weights {fmt_bytes(weights)} + "
+    floor += f"gradients {fmt_bytes(grads)} + optimizer state {fmt_bytes(optimizer)}"
+    if est is None:
+        peak = f"more than this device holds: micro-batch {cfg.batch.micro_batch} ran out of memory"
+    else:
+        peak = f"~{fmt_bytes(est.total)} of tensors per device, {est.method}"
     return [
-        f"peak memory:         ~{fmt_bytes(est.total)} of tensors per device, at the {est.phase}",
-        f"  = {est.breakdown()}",
+        f"peak memory:         {peak}",
+        f"  floor {floor} (closed form); the rest is activations and temporaries",
         f"  {beyond}",
         f"device memory:       {fmt_bytes(device_bytes)} ({source})",
         f"largest micro-batch: {suggestion.message}",
@@ -61,16 +70,15 @@ def _memory_lines(cfg: TrainConfig, device: torch.device, dtype: str, world: int
 
 def _run_dir_lines(cfg: TrainConfig) -> list[str]:
     """Where the run starts from and what happens to what out_dir holds (the checks `train` does)."""
-    from gpt2repro.training.setup import previous_run
-
     r = cfg.run
-    point = ckpt.resume_point(cfg.checkpoint.resume, r.out_dir, r.max_steps, r.max_minutes)
+    run_dir = RunDir(r.out_dir)
+    point = resume_point(cfg.checkpoint.resume, run_dir, r.max_steps, r.max_minutes)
     if point is None:
         start = "step 0 (a new run)"
     else:
         start = f"step {point[1]} of {cfg.run.max_steps}, resuming {point[0]}"
     lines = [f"starts at:           {start}"]
-    if previous_run(cfg):
+    if run_dir.holds_run(run_dir.find_resume(cfg.checkpoint.resume)):
         lines.append(
             f"out_dir:             {cfg.run.out_dir} holds an earlier run; it will be moved "
             f"aside to {cfg.run.out_dir}.N (--checkpoint.resume auto continues it instead)"

@@ -1,12 +1,10 @@
-"""Everything a training run sets up before its first step, gathered in one `Session`.
+"""What a training run builds before its first step, one explicit part per step.
 
-Device and process group, data (prepared if missing), tokenizer, HellaSwag examples,
-model, compile and DDP/FSDP wrapping, optimizer, grad scaler, run directory records and
-metric sinks. Whatever can fail is checked here, before the first step: a bad input must
+`train` (loop.py) calls these in order: the runtime (device, process group, precision), the
+resume decision (run_dir.py), the inputs (data prepared if missing, found and checked; the
+tokenizer), the trainee (model, optimizer, loss scaler) and the outputs (run directory,
+metric sinks). Whatever can fail is checked here, before the first step: a bad input must
 not cost a run its training time.
-
-A new run never writes into an earlier run's directory: that run is moved aside to
-`<out_dir>.1` (`.2`, ...) first. Only resuming (`checkpoint.resume`) continues a directory.
 """
 
 from __future__ import annotations
@@ -23,19 +21,17 @@ from typing import Any
 
 import torch
 
-from gpt2repro import checkpoint as ckpt
-from gpt2repro.atomic import move_aside, recover_directories
 from gpt2repro.config import TrainConfig
 from gpt2repro.data.loader import Windows, eval_batches, read_manifest
+from gpt2repro.data.locate import locate
 from gpt2repro.data.verify import check_split_counts
-from gpt2repro.distributed import DistInfo, init_distributed, print0, shutdown, wait_for_main
+from gpt2repro.distributed import DistInfo, init_distributed, print0, shutdown
 from gpt2repro.evaluation.hellaswag import load_examples
 from gpt2repro.metrics import (
     MetricsWriter,
     datasheet_peak,
     flops_per_token,
     measure_matmul_peak,
-    peak_memory_bytes,
 )
 from gpt2repro.model import GPT
 from gpt2repro.parallelize import (
@@ -45,44 +41,171 @@ from gpt2repro.parallelize import (
     resolve_dtype,
     wrap_model,
 )
+from gpt2repro.run_dir import RunDir
 from gpt2repro.runtime import resolve_device, seed_everything
 from gpt2repro.tokenizer import Tokenizer
-from gpt2repro.tokenizer_setup import ensure_dataset
+from gpt2repro.training.ensure_data import prepare_missing
 from gpt2repro.training.optimizer import build_optimizer
 
 
-@dataclass
-class Session:
-    cfg: TrainConfig
-    dist: DistInfo
+@dataclass(frozen=True)
+class Runtime:
+    """Where the run computes."""
+
     device: torch.device
     dtype: str
-    model: torch.nn.Module
-    """The model as trained: possibly compiled, DDP-wrapped or FSDP-sharded (checkpoint.unwrap gets the GPT)."""
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    tokenizer: Tokenizer
+    """The resolved compute dtype: fp32, bf16 or fp16."""
+    dist: DistInfo
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the run reads."""
+
     data_dir: Path
-    run_dir: Path
-    writer: MetricsWriter
-    flops_per_token: float
-    peak_flops: float
-    config_json: str
+    tokenizer: Tokenizer
     hellaswag: list[dict[str, Any]] | None
     """The HellaSwag examples scored at each evaluation (None: eval.hellaswag is off)."""
 
-    def peak_memory(self) -> int:
-        return peak_memory_bytes(self.device)
 
-    def close(self) -> None:
-        """End of the run: the session is unusable afterwards."""
-        self.writer.close()
-        # DDP and FSDP hold the process group inside reference cycles. Left to the garbage
-        # collector at interpreter exit, gloo's threads die mid-teardown and abort the
-        # process (torch 2.11): free them while the interpreter is whole.
-        del self.model, self.optimizer
-        gc.collect()
-        shutdown(wait=True)
+@dataclass
+class Trainee:
+    """What trains: the model as trained (possibly compiled, DDP-wrapped or FSDP-sharded;
+    checkpoint.unwrap gets the GPT), its optimizer and its loss scaler (fp16 only)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where the run writes, and what its MFU divides by."""
+
+    run_dir: RunDir
+    writer: MetricsWriter
+    config_json: str
+    """The resolved config, as written to config.json and into every checkpoint."""
+    flops_per_token: float
+    peak_flops: float
+
+
+def open_runtime(cfg: TrainConfig) -> Runtime:
+    """Device, process group and precision; the config checked for this world size."""
+    device = resolve_device(cfg.run.device)
+    dist = init_distributed(device)
+    cfg.validate(dist.world_size)
+    for note in cfg.warnings():
+        print0(dist, f"warning: {note}")
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    dtype = resolve_dtype(cfg.run.dtype, device)
+    check_parallel(cfg.run.parallel, dtype)
+    if cfg.optim.optimizer == "muon" and dtype == "fp16":
+        raise ValueError(
+            "optim.optimizer=muon is not supported with fp16 (run.dtype=auto chose it on this "
+            "GPU): pass --run.dtype fp32 or use optim.optimizer=adamw."
+        )
+    configure_backends(device)
+    return Runtime(device, dtype, dist)
+
+
+def open_inputs(cfg: TrainConfig, rt: Runtime) -> tuple[TrainConfig, Inputs]:
+    """The data (prepared if missing, found, its counts checked), the tokenizer and the
+    HellaSwag examples; the config comes back with the tokenizer's vocabulary size."""
+    hellaswag = load_hellaswag(cfg)
+    prepare_missing(cfg.data, rt.dist)
+    data_dir, tokenizer = locate(cfg.data.data_root, cfg.data.dataset, cfg.data.tokenizer)
+    check_val_split(cfg, data_dir, rt.dist, tokenizer)
+    manifest = read_manifest(data_dir)
+    if cfg.model.vocab_size != tokenizer.vocab_size:
+        print0(
+            rt.dist,
+            f"note: model.vocab_size set to {tokenizer.vocab_size} to match tokenizer "
+            f"{tokenizer.identifier}",
+        )
+        cfg = replace(cfg, model=replace(cfg.model, vocab_size=tokenizer.vocab_size))
+    if manifest.get("vocab_size") not in (None, tokenizer.vocab_size):
+        raise ValueError(
+            f"{data_dir}: prepared with a {manifest['vocab_size']}-token vocabulary, "
+            f"but the tokenizer has {tokenizer.vocab_size}. Re-run `gpt2repro prepare`."
+        )
+    check_sample_prompt(cfg, tokenizer)
+    return cfg, Inputs(data_dir, tokenizer, hellaswag)
+
+
+def build_model(cfg: TrainConfig, rt: Runtime) -> GPT:
+    """The GPT, built on the meta device (shapes only, no memory, no random draws), then
+    materialised on the run's device and initialised once from the run's seed."""
+    with torch.device("meta"):
+        gpt = GPT(cfg.model)
+    gpt.to_empty(device=rt.device)
+    if cfg.model.tie_embeddings:
+        gpt.lm_head.weight = gpt.transformer.wte.weight  # to_empty() broke the tie
+    seed_everything(cfg.run.seed)  # the same on every rank: FSDP shards each rank's own copy
+    gpt.init_weights()
+    return gpt
+
+
+def build_trainee(cfg: TrainConfig, gpt: GPT, rt: Runtime) -> Trainee:
+    """`gpt` wrapped for the run (DDP or FSDP across ranks, compiled where asked), its
+    optimizer (built after wrapping: FSDP swaps the parameters) and loss scaler."""
+    compile_model = cfg.run.compile if cfg.run.compile is not None else rt.device.type == "cuda"
+    model = wrap_model(gpt, rt.device, compile_model, rt.dist, cfg.run.parallel, rt.dtype)
+    optimizer = build_optimizer(gpt, cfg.optim, rt.device)
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == "fp16")
+    if rt.dist.rank > 0:
+        # Other ranks draw their own dropout masks; rank 0 goes on as a single process would.
+        seed_everything(cfg.run.seed + rt.dist.rank)
+    n = gpt.num_params()
+    print0(
+        rt.dist,
+        f"model: {n:,} parameters | device {rt.device} | dtype {rt.dtype} | "
+        f"compile {compile_model} | world size {rt.dist.world_size}"
+        f"{f' ({cfg.run.parallel})' if rt.dist.enabled else ''} | "
+        f"accumulation {cfg.grad_accum_steps(rt.dist.world_size)}",
+    )
+    return Trainee(model, optimizer, scaler)
+
+
+def open_outputs(
+    cfg: TrainConfig, run_dir: RunDir, point: tuple[Path, int] | None, rt: Runtime, gpt: GPT
+) -> Outputs:
+    """The run directory prepared (an earlier run moved aside), the metric sinks (a resumed
+    run's later TensorBoard points hidden from its step on) and the FLOP/s MFU divides by."""
+    run_dir.prepare(point[0] if point else None, rt.dist)
+    wandb = cfg.log.wandb_project if cfg.log.wandb and rt.dist.is_main else None
+    tensorboard = run_dir.tensorboard if cfg.log.tensorboard and rt.dist.is_main else None
+    purge = point[1] + 1 if point is not None else None  # what the resumed run logs again
+    writer = MetricsWriter(
+        run_dir.metrics, run_dir.samples, tensorboard, wandb, asdict(cfg), purge_step=purge
+    )
+    fpt = flops_per_token(cfg.model, cfg.batch.seq_len, gpt.num_params())
+    peak, peak_source = peak_flops_for(rt.device, rt.dtype)
+    print0(rt.dist, f"mfu: against {peak / 1e12:.3g} TFLOP/s per device, {peak_source}")
+    config_json = json.dumps(asdict(cfg), indent=2, default=str)
+    return Outputs(run_dir, writer, config_json, fpt, peak)
+
+
+def write_run_records(out: Outputs, rt: Runtime) -> None:
+    """config.json and environment.json (rank 0). Called once the run has started: a resume
+    that is refused must leave the records of the run it would have continued as they were."""
+    if rt.dist.is_main:
+        out.run_dir.config.write_text(out.config_json + "\n")
+        out.run_dir.environment.write_text(
+            json.dumps(environment_record(rt.device, rt.dist), indent=2) + "\n"
+        )
+
+
+def close(trainee: Trainee, out: Outputs) -> None:
+    """End of the run: its parts are unusable afterwards."""
+    out.writer.close()
+    # DDP and FSDP hold the process group inside reference cycles. Left to the garbage
+    # collector at interpreter exit, gloo's threads die mid-teardown and abort the
+    # process (torch 2.11): free them while the interpreter is whole.
+    del trainee.model, trainee.optimizer
+    gc.collect()
+    shutdown(wait=True)
 
 
 def _git_revision() -> str | None:
@@ -125,20 +248,6 @@ def peak_flops_for(device: torch.device, dtype: str) -> tuple[float, str]:
     # (benchmarks/results); `gpt2repro bench train` divides by the fastest window instead.
     measured = measure_matmul_peak(device, DTYPES[dtype], seconds=1.0, trials=5)
     return measured, f"a {dtype} matmul measured at start-up (varies with the machine's load)"
-
-
-def previous_run(cfg: TrainConfig) -> bool:
-    """Whether out_dir holds a run that this one would overwrite instead of continue."""
-    run_dir = cfg.run.out_dir
-    if not ((run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()):
-        return False
-    source = ckpt.find_resume(cfg.checkpoint.resume, run_dir)
-    return source is None or not source.resolve().is_relative_to(run_dir.resolve())
-
-
-def set_aside(run_dir: Path) -> Path:
-    """Rename `run_dir` to the first free `<run_dir>.N`, N = 1, 2, ...; returns the new name."""
-    return move_aside(run_dir, run_dir)  # run_dir itself exists, so the name gets a number
 
 
 def load_hellaswag(cfg: TrainConfig) -> list[dict[str, Any]] | None:
@@ -184,118 +293,3 @@ def check_sample_prompt(cfg: TrainConfig, tokenizer: Tokenizer) -> None:
             f"eval.sample_prompt is {tokens} tokens, longer than model.block_size="
             f"{cfg.model.block_size}. Shorten --eval.sample-prompt."
         )
-
-
-def prepare_run_dir(cfg: TrainConfig, dist: DistInfo) -> None:
-    """Move an earlier run aside (rank 0; the others wait) and make the run directory."""
-    run_dir = cfg.run.out_dir
-    if dist.is_main:
-        if previous_run(cfg):
-            moved = set_aside(run_dir)
-            print(
-                f"note: {run_dir} held an earlier run; moved it to {moved}. "
-                f"To continue a run instead, pass --checkpoint.resume auto.",
-                flush=True,
-            )
-        run_dir.mkdir(parents=True, exist_ok=True)
-    wait_for_main(dist)  # no rank looks into run_dir before the move
-
-
-def recover_checkpoints(cfg: TrainConfig, dist: DistInfo) -> None:
-    """A resumed run first finishes what a killed one left half-done in its checkpoints
-    directory (rank 0; the others wait): a checkpoint half-replaced is put back, abandoned
-    temporaries (a whole checkpoint each) are deleted. See `atomic.recover_directories`."""
-    if cfg.checkpoint.resume == "none":
-        return  # a new run moves an earlier one aside, leftovers and all
-    if dist.is_main:
-        for note in recover_directories(cfg.run.out_dir / "checkpoints"):
-            print(f"note: {note}", flush=True)
-    wait_for_main(dist)
-
-
-def write_run_records(s: Session) -> None:
-    """config.json and environment.json (rank 0). Called once the run has started: a resume
-    that is refused must leave the records of the run it would have continued as they were."""
-    if s.dist.is_main:
-        (s.run_dir / "config.json").write_text(s.config_json + "\n")
-        (s.run_dir / "environment.json").write_text(
-            json.dumps(environment_record(s.device, s.dist), indent=2) + "\n"
-        )
-
-
-def open_session(cfg: TrainConfig) -> Session:
-    device = resolve_device(cfg.run.device)
-    dist = init_distributed(device)
-    cfg.validate(dist.world_size)
-    r = cfg.run
-    recover_checkpoints(cfg, dist)
-    point = ckpt.resume_point(cfg.checkpoint.resume, r.out_dir, r.max_steps, r.max_minutes)
-    for note in cfg.warnings():
-        print0(dist, f"warning: {note}")
-    if dist.enabled and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
-    dtype = resolve_dtype(cfg.run.dtype, device)
-    parallel = cfg.run.parallel
-    check_parallel(parallel, dtype)
-    configure_backends(device)
-    hellaswag = load_hellaswag(cfg)
-    data_dir, tokenizer = ensure_dataset(cfg.data, dist)
-    check_val_split(cfg, data_dir, dist, tokenizer)
-    manifest = read_manifest(data_dir)
-    if cfg.model.vocab_size != tokenizer.vocab_size:
-        print0(
-            dist,
-            f"note: model.vocab_size set to {tokenizer.vocab_size} to match tokenizer {tokenizer.identifier}",
-        )
-        cfg = replace(cfg, model=replace(cfg.model, vocab_size=tokenizer.vocab_size))
-    if manifest.get("vocab_size") not in (None, tokenizer.vocab_size):
-        raise ValueError(
-            f"{data_dir}: prepared with a {manifest['vocab_size']}-token vocabulary, "
-            f"but the tokenizer has {tokenizer.vocab_size}. Re-run `gpt2repro prepare`."
-        )
-    check_sample_prompt(cfg, tokenizer)
-    seed_everything(cfg.run.seed)  # the same on every rank: FSDP shards each rank's own copy
-    gpt = GPT(cfg.model).to(device)
-    compile_model = cfg.run.compile if cfg.run.compile is not None else device.type == "cuda"
-    model = wrap_model(gpt, device, compile_model, dist, parallel, dtype)
-    optimizer = build_optimizer(gpt, cfg.optim, device)  # after wrapping: FSDP swaps parameters
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16")
-    if dist.rank > 0:
-        # Other ranks draw their own dropout masks; rank 0 goes on as a single process would.
-        seed_everything(cfg.run.seed + dist.rank)
-    run_dir = cfg.run.out_dir
-    config_json = json.dumps(asdict(cfg), indent=2, default=str)
-    prepare_run_dir(cfg, dist)
-    wandb = cfg.log.wandb_project if cfg.log.wandb else None
-    tensorboard = cfg.log.tensorboard and dist.is_main
-    purge = point[1] + 1 if point is not None else None  # what the resumed run logs again
-    writer = MetricsWriter(
-        run_dir, tensorboard, wandb if dist.is_main else None, asdict(cfg), purge_step=purge
-    )
-    fpt = flops_per_token(cfg.model, cfg.batch.seq_len, gpt.num_params())
-    peak, peak_source = peak_flops_for(device, dtype)
-    print0(
-        dist,
-        f"model: {gpt.num_params():,} parameters | device {device} | dtype {dtype} | "
-        f"compile {compile_model} | world size {dist.world_size}"
-        f"{f' ({parallel})' if dist.enabled else ''} | "
-        f"accumulation {cfg.grad_accum_steps(dist.world_size)}\n"
-        f"mfu: against {peak / 1e12:.3g} TFLOP/s per device, {peak_source}",
-    )
-    return Session(
-        cfg,
-        dist,
-        device,
-        dtype,
-        model,
-        optimizer,
-        scaler,
-        tokenizer,
-        data_dir,
-        run_dir,
-        writer,
-        fpt,
-        peak,
-        config_json,
-        hellaswag,
-    )

@@ -1,5 +1,9 @@
 """`gpt2repro bench train`: training-step throughput per precision and compile setting.
 
+Each variant is built and stepped by training's own code (`parallelize.wrap_model` on one
+process, `training.step.train_step` then `optimizer_step`: grad scaler, gradient-sync
+context, clipping and zeroing included), so the bench times the step that trains.
+
 This kind of machine (a shared 2-core VM) changes speed by 1.5x within minutes, so the
 variants are interleaved: the fp32 eager baseline and one other variant live in two
 processes at once and take turns, one timed step each, and every ratio is between steps
@@ -22,7 +26,6 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from collections.abc import Callable
 from datetime import date
 from multiprocessing.connection import Connection
 from statistics import median
@@ -30,8 +33,16 @@ from typing import Any
 
 import torch
 
-from gpt2repro.bench import hardware
+from gpt2repro.bench.common import hardware
+from gpt2repro.config import OptimConfig
+from gpt2repro.distributed import DistInfo
+from gpt2repro.metrics import flops_per_token, measure_matmul_rates, peak_memory_bytes
+from gpt2repro.model import GPT
+from gpt2repro.parallelize import DTYPES, configure_backends, wrap_model
+from gpt2repro.presets import model_preset, train_preset
 from gpt2repro.runtime import resolve_device, seed_everything, sync
+from gpt2repro.training.optimizer import build_optimizer
+from gpt2repro.training.step import optimizer_step, train_step
 
 TRAIN_SHAPES = {
     # name: (model preset, micro-batch on CPU, micro-batch on CUDA, sequence length)
@@ -46,13 +57,6 @@ class Variant:
     """One shape/precision/compile combination, built and warmed up, ready to time steps."""
 
     def __init__(self, shape: str, dtype: str, compile: bool, device_name: str) -> None:
-        from gpt2repro.config import OptimConfig
-        from gpt2repro.metrics import flops_per_token
-        from gpt2repro.model import GPT
-        from gpt2repro.parallelize import configure_backends
-        from gpt2repro.presets import model_preset, train_preset
-        from gpt2repro.training.optimizer import build_optimizer
-
         if shape not in TRAIN_SHAPES:
             raise ValueError(f"Unknown shape {shape!r}; choose from {', '.join(TRAIN_SHAPES)}.")
         preset, b_cpu, b_gpu, seq_len = TRAIN_SHAPES[shape]
@@ -64,11 +68,15 @@ class Variant:
         self.seq_len = seq_len
         seed_everything(0)
         gpt = GPT(cfg).to(self.device)
-        self.params = gpt.parameters
-        self.model: Callable[..., torch.Tensor] = torch.compile(gpt) if compile else gpt
-        self.opt = build_optimizer(gpt, OptimConfig(), self.device)
-        self.x = torch.randint(0, cfg.vocab_size, (self.batch, seq_len), device=self.device)
-        self.y = torch.randint(0, cfg.vocab_size, (self.batch, seq_len), device=self.device)
+        optim = OptimConfig()
+        self.grad_clip = optim.grad_clip
+        self.model = wrap_model(gpt, self.device, compile, DistInfo(), dtype=dtype)
+        self.opt = build_optimizer(gpt, optim, self.device)
+        # As training builds it (training/setup.py): scaling only for fp16, a no-op otherwise.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=dtype == "fp16")
+        x = torch.randint(0, cfg.vocab_size, (self.batch, seq_len), device=self.device)
+        y = torch.randint(0, cfg.vocab_size, (self.batch, seq_len), device=self.device)
+        self.batch_xy = (x, y)
         self.flops_per_token = flops_per_token(cfg, seq_len, gpt.num_params())
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -77,14 +85,12 @@ class Variant:
         self.times: list[float] = []
 
     def step(self) -> None:
-        from gpt2repro.parallelize import train_forward_context
-
-        with train_forward_context(self.device, self.dtype, self.seq_len):
-            loss = self.model(self.x, self.y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params(), 1.0)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        """One step of training's own code (training/step.py) on the same micro-batch each time."""
+        train_step(
+            self.model, self.opt, self.scaler, lambda: self.batch_xy, 1, self.device,
+            self.dtype, self.grad_clip,
+        )  # fmt: skip
+        optimizer_step(self.model, self.opt, self.scaler)
 
     def timed_step(self) -> float:
         sync(self.device)
@@ -96,9 +102,6 @@ class Variant:
 
     def result(self) -> dict[str, Any]:
         """Median step, spread, MFU against the matmul rate measured now, and peak memory."""
-        from gpt2repro.metrics import measure_matmul_rates, peak_memory_bytes
-        from gpt2repro.parallelize import DTYPES
-
         step_s = median(self.times)
         tok_s = self.batch * self.seq_len / step_s
         rates = measure_matmul_rates(self.device, DTYPES[self.dtype], seconds=2.0, trials=10)
@@ -235,9 +238,6 @@ BRACKET_SECONDS = 0.15
 
 def _window(device: torch.device, dtype: str) -> float:
     """The matmul rate (TFLOP/s) in the variant's dtype over one short window, now."""
-    from gpt2repro.metrics import measure_matmul_rates
-    from gpt2repro.parallelize import DTYPES
-
     return measure_matmul_rates(device, DTYPES[dtype], seconds=BRACKET_SECONDS)[0] / 1e12
 
 

@@ -17,8 +17,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from gpt2repro.bench.common import hardware
 from gpt2repro.loss import linear_cross_entropy
-from gpt2repro.parallelize import autocast
+from gpt2repro.metrics import peak_memory_bytes
+from gpt2repro.parallelize import autocast, resolve_dtype
 from gpt2repro.runtime import resolve_device, sync
 
 PATHS = ("naive", "chunked")
@@ -51,8 +53,6 @@ def _measure(
     path: str, tokens: int, n_embd: int, vocab: int, dtype: str, device_name: str, reps: int
 ) -> dict[str, Any]:
     """Peak extra memory and median seconds of forward + backward for one path (fresh process)."""
-    from gpt2repro.metrics import peak_memory_bytes
-
     device = resolve_device(device_name)
     x, w, t = _inputs(tokens, n_embd, vocab, device)
     if device.type == "cuda":
@@ -103,8 +103,6 @@ def bench_loss(
     tokens: int, n_embd: int, vocab: int, dtype: str, device_name: str = "auto", reps: int = 3
 ) -> dict[str, Any]:
     """Both paths at the same micro-batch: peak memory, time, and how far apart they are."""
-    from gpt2repro.parallelize import resolve_dtype
-
     if min(tokens, n_embd, vocab, reps) < 1:
         raise ValueError(
             f"tokens={tokens}, n_embd={n_embd}, vocab={vocab} and reps={reps} must each be at "
@@ -120,8 +118,6 @@ def bench_loss(
     with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
         diffs = pool.submit(_compare, tokens, n_embd, vocab, dtype, device_name).result()
     naive, chunked = rows
-    from gpt2repro.bench import hardware
-
     return {
         "bench": "loss",
         "date": date.today().isoformat(),

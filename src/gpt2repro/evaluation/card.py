@@ -22,6 +22,8 @@ from gpt2repro import checkpoint as ckpt
 from gpt2repro.evaluation.report import RESULTS_FILE, higher_is_better, read_results, task_entry
 from gpt2repro.loading import Loaded
 from gpt2repro.model import GPTConfig
+from gpt2repro.nanochat import GPT2_CLASS, stock_class
+from gpt2repro.run_dir import RunDir
 
 HUB_DATASETS = {
     "fineweb-edu": "HuggingFaceFW/fineweb-edu",
@@ -52,7 +54,7 @@ class CardInfo:
 def run_dir_of(checkpoint: Path) -> Path | None:
     """The run directory of RUN/checkpoints/NAME, when the checkpoint sits in one."""
     run = checkpoint.resolve().parent.parent
-    return run if (run / "metrics.jsonl").is_file() else None
+    return run if RunDir(run).metrics.is_file() else None
 
 
 def training_results(run_dir: Path, step: int | None) -> dict[str, dict[str, Any]]:
@@ -97,8 +99,8 @@ def gather(checkpoint: Path, loaded: Loaded, export_dir: Path, name: str | None 
     run_dir = run_dir_of(checkpoint)
     if run_dir is not None:
         info.name = name or run_dir.name
-        if (run_dir / "environment.json").is_file():
-            info.environment = json.loads((run_dir / "environment.json").read_text())
+        if RunDir(run_dir).environment.is_file():
+            info.environment = json.loads(RunDir(run_dir).environment.read_text())
         info.results |= training_results(run_dir, info.step)
         info.plots = [p.name for p in plot_runs([run_dir], export_dir)]
     for folder in (checkpoint, export_dir):  # the export's own results win
@@ -210,15 +212,29 @@ def results_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def architecture_line(c: GPTConfig) -> str:
+    """The block design in words."""
+    if stock_class(c) == GPT2_CLASS:
+        return "GPT-2: pre-LayerNorm blocks, learned positions, GELU (tanh), tied embeddings."
+    cap = f", logits soft-capped at {c.logit_softcap:g}" if c.logit_softcap else ""
+    head = "tied" if c.tie_embeddings else "untied"
+    return (
+        f"Modern: rotary positions (base {c.rope_base:g}), weight-free RMSNorm (also on the "
+        f"embeddings), QK-norm, ReLU² MLP, no biases, a {head} output head{cap}."
+    )
+
+
 def render_card(info: CardInfo) -> str:
     """The README.md text."""
     c = info.config
     tc = info.train_config
     parts = [metadata(info), f"# {info.name}", ""]
+    cls = stock_class(c)
+    kind = "A GPT-2" if cls == GPT2_CLASS else "A GPT-2-sized modern (nanochat-style)"
     parts.append(
-        f"A GPT-2 language model ({_count(info.parameters)} parameters) trained from scratch with "
-        "gpt2repro. It loads with "
-        "`transformers.GPT2LMHeadModel.from_pretrained` from this folder."
+        f"{kind} language model ({_count(info.parameters)} parameters) trained from scratch with "
+        f"gpt2repro. It loads with `transformers.AutoModelForCausalLM.from_pretrained` from this "
+        f"folder (a `{cls}`)."
     )
     parts += ["", "## Architecture", "", "| | |", "|---|---|"]
     arch = [
@@ -228,10 +244,13 @@ def render_card(info: CardInfo) -> str:
         ("context (tokens)", c.block_size),
         ("vocabulary", c.vocab_size),
         ("biases", c.bias),
-        ("parameters", f"{info.parameters:,} (tied input/output embedding counted once)"),
+        (
+            "parameters",
+            f"{info.parameters:,}" + (" (tied embedding counted once)" if c.tie_embeddings else ""),
+        ),
     ]
     parts += [f"| {k} | {v} |" for k, v in arch]
-    parts += ["", "GPT-2: pre-LayerNorm blocks, learned positions, GELU (tanh), tied embeddings."]
+    parts += ["", architecture_line(c)]
     parts += ["", "## Tokenizer", ""]
     parts.append(
         "OpenAI's GPT-2 BPE (50,257 tokens)."

@@ -1,4 +1,4 @@
-"""`bench_eval`: HellaSwag examples/s of `hellaswag_eval` against one example per forward pass.
+"""`gpt2repro bench eval`: HellaSwag examples/s of `hellaswag_eval` against one example per forward pass.
 
 The examples are synthetic (random common words, no network needed) but in the schema
 of hellaswag_val.jsonl, written to a temporary file and read back with `load_examples`,
@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from gpt2repro.bench import hardware
+from gpt2repro.bench.common import hardware
 from gpt2repro.distributed import DistInfo
 from gpt2repro.evaluation.hellaswag import (
     ENDINGS,
