@@ -41,5 +41,5 @@ step gpt2repro card "$OUT_DIR" --export-dir "$EXPORT_DIR"
 # 5. Loss against steps and tokens, in the run directory.
 step gpt2repro plot "$OUT_DIR"
 
-# 6. A sample from the exported model, as transformers would load it.
+# 6. A sample from the exported folder, the files transformers loads.
 step gpt2repro sample "$EXPORT_DIR" --prompt "ROMEO:" --max-new-tokens 120

@@ -87,7 +87,7 @@ def gather_model_state(model: torch.nn.Module, keep: bool) -> dict[str, torch.Te
         return {k: v.cpu() for k, v in model_state(gpt).items()} if keep else {}
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    whole = get_model_state_dict(gpt, options=_whole_tensors())  # {} but on rank 0
+    whole: dict[str, Any] = get_model_state_dict(gpt, options=_whole_tensors())  # {} off rank 0
     if gpt.config.tie_embeddings:
         whole.pop(TIED_KEY, None)
     return whole
@@ -183,20 +183,16 @@ CLASSIC_GPT2_OPTIONS: dict[str, Any] = {
 def upgrade_meta(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
     """Checkpoint `path`'s meta.json `meta` in the current layout, or why it cannot be read.
 
-    Format version 1 is the only one so far. Its model configs from before ffd9590 lack the
-    options added there: they are set as those models were built (classic GPT-2), not to
-    today's defaults, which may change. A format version 2 would add its patches here.
+    Format version 1 is the only one so far (any other is refused); a version 2 would add
+    its patches here. Model configs from before ffd9590 lack the options added there: they
+    are set as those models were built (classic GPT-2), not to today's defaults, which may
+    change. Options added later and not patched here take GPTConfig's defaults.
     """
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
-        newer = isinstance(version, int) and version > FORMAT_VERSION
         raise ValueError(
             f"{path}: checkpoint format version {version}, this gpt2repro reads {FORMAT_VERSION}. "
-            + (
-                "It was written by a newer gpt2repro: load it with that version."
-                if newer
-                else "Use the gpt2repro version that wrote it, or re-export it."
-            )
+            f"Use the gpt2repro version that wrote it, or re-export it."
         )
     config = {**CLASSIC_GPT2_OPTIONS, **meta["model_config"]}
     if unknown := sorted(set(config) - {f.name for f in fields(GPTConfig)}):
@@ -212,8 +208,8 @@ def upgrade_state(state: dict[str, Any]) -> dict[str, Any]:
 
     Before 431688d every rank saved each visible GPU's CUDA generator (a list): this
     process's GPU's is kept (the last one's on a machine with fewer GPUs). Optimizer groups
-    from before ffd9590 lack `peak_lr` and are left so: `set_lr` reads a missing peak as
-    the schedule's own, which every group of those (AdamW) runs had.
+    from before ffd9590 lack `peak_lr`: nothing to patch, `restore_optimizer` sets every
+    group's from the resuming run.
     """
     for rng in [state["rng"], *state.get("rng_per_rank", [])]:
         cuda = rng.get("cuda")
@@ -281,7 +277,7 @@ def restore_weights(path: Path, model: torch.nn.Module) -> None:
     """
     meta = read_meta(path)
     gpt = unwrap(model)
-    # Through GPTConfig: options added since the checkpoint was written take their defaults.
+    # Through GPTConfig, like load_model: options upgrade_meta does not set take its defaults.
     stored, mine = asdict(GPTConfig(**meta["model_config"])), asdict(gpt.config)
     changed = [
         f"{k} {stored.get(k)} -> {mine[k]}"
@@ -295,7 +291,9 @@ def restore_weights(path: Path, model: torch.nn.Module) -> None:
         )
     _check_keys(path, _weight_names(path), gpt)
     sharded = is_sharded(gpt)
-    state = _read_weights(path) if not sharded or torch.distributed.get_rank() == 0 else {}
+    state: dict[str, Any] = (
+        _read_weights(path) if not sharded or torch.distributed.get_rank() == 0 else {}
+    )
     if state and gpt.config.tie_embeddings:
         state[TIED_KEY] = state["transformer.wte.weight"]
     if not sharded:
@@ -349,16 +347,14 @@ def gather_optimizer_state(
         return optimizer.state_dict() if keep else {}
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-    sd = get_optimizer_state_dict(gpt, optimizer, options=_whole_tensors())  # {} but on rank 0
+    sd: Any = get_optimizer_state_dict(gpt, optimizer, options=_whole_tensors())  # {} off rank 0
     if not sd:
         return {}
     # DCP keys by parameter name; the file by position, the order of the groups' params.
     pid = {name: i for i, name in enumerate(n for g in sd["param_groups"] for n in g["params"])}
     return {
         "state": {pid[name]: v for name, v in sd["state"].items()},
-        "param_groups": [
-            g | {"params": [pid[n] for n in g["params"]]} for g in sd["param_groups"]
-        ],
+        "param_groups": [g | {"params": [pid[n] for n in g["params"]]} for g in sd["param_groups"]],
     }
 
 
@@ -367,6 +363,8 @@ def restore_optimizer(
 ) -> None:
     """Load a single-process-layout optimizer state `sd` (from checkpoint `path`).
 
+    The groups' learning-rate peaks (`peak_lr`) stay this run's: the schedule is the run's
+    config (a resume may change --optim.lr), the moments and step counts the checkpoint's.
     Under FSDP a collective: rank 0 sends each rank its shard of every tensor, so only rank
     0's `sd` needs the tensors. Every rank checks the groups first, so all refuse alike.
     """
@@ -378,14 +376,21 @@ def restore_optimizer(
             f"this run's optimizer has {mine}: it was saved with another optimizer. Resume "
             f"with the optim settings it was trained with."
         )
-    gpt = unwrap(model)
+    peaks = [g.get("peak_lr") for g in optimizer.param_groups]
+    _load_optimizer(unwrap(model), optimizer, sd)
+    for group, peak in zip(optimizer.param_groups, peaks, strict=True):
+        if peak is not None:
+            group["peak_lr"] = peak
+
+
+def _load_optimizer(gpt: GPT, optimizer: torch.optim.Optimizer, sd: dict[str, Any]) -> None:
     if not is_sharded(gpt) or not sd["state"]:
         optimizer.load_state_dict(sd)
         return
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-    named = {}
-    if torch.distributed.get_rank() == 0:
+    named: Any = {}
+    if torch.distributed.get_rank() == 0:  # DCP keys by name: each position's parameter's
         names = {p: name for name, p in gpt.named_parameters()}  # a tied head once, as DCP
         fqn = [names[p] for g in optimizer.param_groups for p in g["params"]]
         named = {

@@ -24,6 +24,7 @@ from gpt2repro.bench.commands import (
     BenchLossArgs,
     BenchPeakArgs,
     BenchPrepareArgs,
+    BenchRecipesArgs,
     BenchSampleArgs,
     BenchShakespeareArgs,
     BenchTrainArgs,
@@ -32,6 +33,7 @@ from gpt2repro.bench.commands import (
     run_bench_loss,
     run_bench_peak,
     run_bench_prepare,
+    run_bench_recipes,
     run_bench_sample,
     run_bench_shakespeare,
     run_bench_train,
@@ -156,6 +158,7 @@ COMMANDS: dict[str, Command] = {
     "bench loader": (BenchLoaderArgs, run_bench_loader),
     "bench eval": (BenchEvalArgs, run_bench_eval),
     "bench shakespeare": (BenchShakespeareArgs, run_bench_shakespeare),
+    "bench recipes": (BenchRecipesArgs, run_bench_recipes),
 }
 
 

@@ -21,8 +21,8 @@ from torch import nn
 
 CHUNK_BYTES = {"cpu": 1 << 23, "default": 1 << 28}
 """Budget for one chunk's fp32 logits. On CPU 8 MiB keeps a chunk's softmax passes in cache
-(measured 1.2x faster steps than 256 MiB for the default preset); on GPUs 256 MiB (1,334
-tokens over GPT-2's padded vocabulary) keeps the head's matmuls large."""
+(benchmarks/results/2026-11-21_notes-loss-chunk-size_cpu-2core-intel-amx.md); on GPUs 256 MiB
+(1,334 tokens over GPT-2's padded vocabulary) keeps the head's matmuls large."""
 
 
 MIN_CHUNK_TOKENS = 512

@@ -34,11 +34,14 @@ GPU_PEAK_FLOPS: dict[str, dict[str, float]] = {
 def flops_per_token(cfg: GPTConfig, seq_len: int, n_params: int) -> float:
     """Training FLOPs per token: 6N for the matmuls plus 12*L*T*C for attention scores.
 
-    The estimate of the PaLM paper (appendix B), as used by nanoGPT; N excludes the
-    position embedding, which costs no matmul.
+    The estimate of the PaLM paper (appendix B), as used by nanoGPT; N excludes the tables
+    that cost no matmul: the learned position table, and an untied head's input embedding
+    (a lookup; a tied one is also the head's weight).
     """
-    n = n_params - cfg.block_size * cfg.n_embd
-    return 6 * n + 12 * cfg.n_layer * seq_len * cfg.n_embd
+    lookups = cfg.block_size * cfg.n_embd if cfg.position == "learned" else 0
+    if not cfg.tie_embeddings:
+        lookups += cfg.vocab_size * cfg.n_embd
+    return 6 * (n_params - lookups) + 12 * cfg.n_layer * seq_len * cfg.n_embd
 
 
 def datasheet_peak(device: torch.device, dtype: str) -> float | None:
@@ -53,8 +56,8 @@ def datasheet_peak(device: torch.device, dtype: str) -> float | None:
 
 
 PEAK_MATMUL_N = {"cpu": 2048, "cuda": 8192}
-"""Matmul size for peak measurements: on the 2-core AMX machine n = 1024 reads about half the
-bf16 rate of n = 2048 (0.9-1.1 vs 1.8-2.1 TFLOP/s), which would double every MFU figure."""
+"""Matmul size for peak measurements: smaller ones read a CPU's AMX rate low, inflating every
+MFU (benchmarks/results/2026-11-22_notes-matmul-peak_cpu-2core-intel-amx.md)."""
 
 
 def measure_matmul_rates(
@@ -94,8 +97,8 @@ def measure_matmul_peak(
 ) -> float:
     """The reachable matmul FLOP/s on this machine: the fastest of `trials` windows.
 
-    On a shared virtual machine a single window can land in a neighbour's burst and read
-    2x low; on the 2-core AMX machine of benchmarks/results the windows spread 0.5-2.2 TFLOP/s.
+    On a shared virtual machine a single window can land in a neighbour's burst and read low
+    (benchmarks/results/2026-11-22_notes-matmul-peak_cpu-2core-intel-amx.md).
     """
     return max(measure_matmul_rates(device, dtype, n, seconds, trials))
 

@@ -7,7 +7,7 @@ transposes of the Conv1D matrices (see pretrained.py). This module imports only 
 and the standard library: compilation, DDP and FSDP wrap it from outside.
 
 Every option of `GPTConfig` past `pad_vocab_to` is off by default, so the default model is
-GPT-2. Turned on together (`modern_model_options`), they give the architecture of
+GPT-2. Turned on together (`presets.modern_model_options`), they give the architecture of
 modded-nanogpt and nanochat that transformers ships as `NanoChatForCausalLM`: rotary
 positions, weight-free RMSNorm (also on the embeddings), QK-norm after the rotation, ReLU²,
 an untied head and logit soft-capping.
@@ -15,7 +15,6 @@ an untied head and logit soft-capping.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -247,11 +246,10 @@ SQRT_8_OVER_PI = math.sqrt(8 / math.pi)
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """GPT-2's tanh approximation of GELU ("gelu_new" in transformers).
 
-    0.5 x (1 + tanh(u)) equals x sigmoid(2u). Compiled, the sigmoid form is used: inductor's
-    CPU code spends twice as long on tanh as on exp (GELU forward + backward 11.6 vs 6.8 ms
-    per layer of the default preset; compiled bf16 steps 1.17x faster there, 1.06x for 124M),
-    and the two differ by rounding only (< 5e-7 absolute in fp32). Eager keeps PyTorch's
-    fused kernel.
+    0.5 x (1 + tanh(u)) equals x sigmoid(2u), up to rounding (< 5e-7 absolute in fp32).
+    Compiled, the sigmoid form is used: inductor's CPU tanh is slower than its exp
+    (benchmarks/results/2026-11-22_notes-gelu-sigmoid_cpu-2core-intel-amx.md). Eager keeps
+    PyTorch's fused kernel.
     """
     if torch.compiler.is_compiling():
         return x * torch.sigmoid(SQRT_8_OVER_PI * (x + 0.044715 * x * x * x))
@@ -397,18 +395,3 @@ def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
     if cap <= 0:
         return logits
     return cap * torch.tanh(logits / cap)
-
-
-def modern_model_options(config: GPTConfig, logit_softcap: float = 15.0) -> GPTConfig:
-    """`config` with every modern option on: the architecture transformers holds as NanoChat."""
-    return dataclasses.replace(
-        config,
-        position="rope",
-        norm="rmsnorm",
-        qk_norm=True,
-        activation="relu2",
-        tie_embeddings=False,
-        zero_init_proj=True,
-        logit_softcap=logit_softcap,
-        bias=False,
-    )

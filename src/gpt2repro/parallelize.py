@@ -82,8 +82,8 @@ def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextMana
 
 CPU_MATH_ATTENTION_MAX_T = 256
 """On CPU in bf16, PyTorch's flash-attention kernel is slower than plain matmul + softmax for
-short sequences (T=128, 4 heads of 64: 56 vs 39 ms per layer forward+backward, 1.24x faster
-compiled training steps for the default preset) and much faster for long ones (T=1024: 5x)."""
+short sequences and much faster for long ones
+(benchmarks/results/2026-11-21_notes-cpu-attention-kernel_cpu-2core-intel-amx.md)."""
 
 
 @contextlib.contextmanager

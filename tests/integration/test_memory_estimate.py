@@ -1,9 +1,10 @@
-"""memory.estimate_peak against the memory a real CPU training step takes, within 20%.
+"""memory.step_probe's fake-tensor step against the memory a real CPU training step takes,
+within 20%.
 
 What is measured: in a fresh process (this file run as a script), the peak RSS of three
-training steps (forward with targets under train_forward_context as train.py runs it,
-backward, clipping, AdamW, zero_grad(set_to_none=True)) minus the RSS just before the
-model is built. Two things would otherwise blur it, and are kept out on purpose:
+training steps (training.step's train_step and optimizer_step, as a run takes them) minus
+the RSS just before the model is built. Two things would otherwise blur it, and are kept
+out on purpose:
 - the torch runtime loads kernels and starts thread pools lazily, ~100 MB of RSS on the
   first step: one step of a one-layer model runs before the baseline is taken;
 - glibc's malloc keeps freed blocks below its self-raising mmap threshold, 1.2-1.8x the
@@ -23,12 +24,13 @@ import sys
 import pytest
 import torch
 
-from gpt2repro.config import OptimConfig
+from gpt2repro.config import BatchConfig, OptimConfig, TrainConfig
 from gpt2repro.metrics import peak_memory_bytes
 from gpt2repro.model import GPT, GPTConfig
-from gpt2repro.parallelize import cpu_has_bf16, train_forward_context
-from gpt2repro.training.memory import estimate_peak
+from gpt2repro.parallelize import cpu_has_bf16
+from gpt2repro.training.memory import step_probe
 from gpt2repro.training.optimizer import build_optimizer
+from gpt2repro.training.step import optimizer_step, train_step
 
 TOLERANCE = 0.20
 SHAPES = {
@@ -56,13 +58,10 @@ def _train(cfg: GPTConfig, micro_batch: int, dtype: str, steps: int) -> None:
     y = torch.randint(0, cfg.vocab_size, (micro_batch, SEQ_LEN))
     model = GPT(cfg)
     opt = build_optimizer(model, OptimConfig(), device)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
     for _ in range(steps):
-        with train_forward_context(device, dtype, SEQ_LEN):
-            loss = model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        train_step(model, opt, scaler, lambda: (x, y), 1, device, dtype, 1.0)
+        optimizer_step(model, opt, scaler)
 
 
 def measure(shape: str, dtype: str) -> int:
@@ -90,8 +89,12 @@ def test_estimate_within_20_percent_of_measured_cpu_peak(shape: str, dtype: str)
     )
     assert out.returncode == 0, out.stderr
     measured = json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
-    cfg, micro_batch = SHAPES[shape]
-    estimate = estimate_peak(cfg, micro_batch, SEQ_LEN, dtype, "cpu").total
+    model, micro_batch = SHAPES[shape]
+    cfg = TrainConfig(model=model, batch=BatchConfig(micro_batch * SEQ_LEN, micro_batch, SEQ_LEN))
+    with step_probe(cfg, dtype, torch.device("cpu")) as probe:
+        est = probe(micro_batch)
+    assert est is not None
+    estimate = est.peak
     ratio = estimate / measured
     print(
         f"{shape} {dtype}: estimate {estimate / 1e6:.0f} MB, measured {measured / 1e6:.0f} MB, ratio {ratio:.3f}"

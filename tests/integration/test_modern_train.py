@@ -25,7 +25,8 @@ from gpt2repro.config import (
     RunConfig,
     TrainConfig,
 )
-from gpt2repro.model import GPTConfig, modern_model_options
+from gpt2repro.model import GPTConfig
+from gpt2repro.presets import modern_model_options
 from gpt2repro.training.loop import train
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from gpt2repro import presets
-from gpt2repro.model import GPT, GPTConfig, modern_model_options
+from gpt2repro.model import GPT, GPTConfig
 from gpt2repro.nanochat import (
     GPT2_CLASS,
     NANOCHAT_CLASS,
@@ -23,6 +23,7 @@ from gpt2repro.nanochat import (
     stock_class,
     to_nanochat,
 )
+from gpt2repro.presets import modern_model_options
 
 transformers = pytest.importorskip("transformers")
 TOL = 1e-5  # fp32 CPU

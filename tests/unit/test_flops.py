@@ -55,3 +55,16 @@ def test_matches_the_closed_form_for_any_shape(cfg: GPTConfig, seq_len: int) -> 
     attention = 12 * cfg.n_layer * seq_len * cfg.n_embd
     non_embedding = gpt.num_params(exclude_embeddings=True)
     assert flops_per_token(cfg, seq_len, gpt.num_params()) == 6 * non_embedding + attention
+
+
+def test_modern_options_count_only_the_matmuls() -> None:
+    """RoPE has no position table; an untied head's input embedding is a lookup, its head a
+    matmul: N is the blocks' matrices plus one vocab x C head, as for GPT-2's tied head."""
+    from gpt2repro.presets import modern_model_options
+
+    cfg = modern_model_options(GPTConfig(n_layer=2, n_head=2, n_embd=64, vocab_size=300))
+    with torch.device("meta"):
+        n = GPT(cfg).num_params()
+    C, L = 64, 2
+    assert n == 2 * 300 * C + L * 12 * C * C  # no biases, weight-free norms
+    assert flops_per_token(cfg, 128, n) == 6 * (300 * C + L * 12 * C * C) + 12 * L * 128 * C

@@ -1,173 +1,172 @@
-"""memory.py against what torch really holds: parameters, the tensors autograd saves, the
-allocation trace of whole training steps; and the micro-batch suggestion and dry-run lines."""
+"""memory.py against torch itself: its tracker against torch's MemTracker and against the same
+count on real tensors, the closed-form floor against the optimizer's state, the accumulation
+shortcut against two real micro-steps; the micro-batch search and the dry-run lines."""
 
 from __future__ import annotations
 
-import time
-from dataclasses import fields
+import math
+from dataclasses import replace
 
 import pytest
 import torch
 
-from gpt2repro.config import OptimConfig
+from gpt2repro.config import BatchConfig, TrainConfig
 from gpt2repro.model import GPT, GPTConfig
-from gpt2repro.parallelize import train_forward_context
 from gpt2repro.presets import train_preset
 from gpt2repro.training import plan
 from gpt2repro.training.memory import (
-    activation_bytes,
-    activation_bytes_per_token,
-    allocated_params,
-    busy_moments,
-    estimate_peak,
-    loss_head_saved_bytes,
+    MemoryEstimate,
+    PeakTracker,
+    Probe,
     needed_bytes,
+    state_floor,
+    step_probe,
     suggest_micro_batch,
-    uses_math_attention,
     valid_micro_batches,
 )
 from gpt2repro.training.optimizer import build_optimizer
+from gpt2repro.training.step import optimizer_step, train_step
 
 CPU = torch.device("cpu")
+T = 64
 
 
-@pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("vocab", [97, 128])
-def test_allocated_params_count_padded_rows_and_the_tied_head_once(bias: bool, vocab: int) -> None:
-    cfg = GPTConfig(vocab_size=vocab, block_size=32, n_layer=2, n_head=2, n_embd=32, bias=bias)
-    with torch.device("meta"):
-        model = GPT(cfg)
-    assert allocated_params(cfg) == sum(p.numel() for p in model.parameters())
+def config(
+    parallel: str = "ddp", micro_batch: int = 4, accum: int = 1, world: int = 1
+) -> TrainConfig:
+    cfg = train_preset("shakespeare_cpu")
+    cfg.model = GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=T, vocab_size=500)
+    cfg.batch = BatchConfig(micro_batch * T * accum * world, micro_batch, T)
+    cfg.run.parallel = parallel
+    return cfg
 
 
-def test_breakdown_adds_up_and_the_peak_is_the_busiest_moment() -> None:
-    cfg = train_preset("gpt2_124m_owt")
-    moments = busy_moments(cfg.model, 16, 1024, "bf16", "cuda", accum_steps=30)
-    for m in moments:
-        parts = [getattr(m, f.name) for f in fields(m) if f.name != "phase"]
-        assert m.total == sum(parts) and min(parts) >= 0
-        assert all(name in m.breakdown() for name in ("params", "activations", "transient"))
-    peak = estimate_peak(cfg.model, 16, 1024, "bf16", "cuda", accum_steps=30)
-    assert peak.total == max(m.total for m in moments)
-    # GPT-2 small: 16 B per parameter of fp32 weights, gradients (accumulating) and AdamW state.
-    assert peak.params + peak.grads + peak.optimizer == 16 * allocated_params(cfg.model)
-
-
-def test_parallel_modes_shard_or_duplicate_state() -> None:
-    m = GPTConfig(n_layer=4, n_head=4, n_embd=256, block_size=128, vocab_size=4096)
-    P = allocated_params(m)
-    one = estimate_peak(m, 8, 128, "bf16", "cuda")
-    fsdp = estimate_peak(m, 8, 128, "bf16", "cuda", world_size=8, parallel="fsdp")
-    ddp = busy_moments(m, 8, 128, "bf16", "cuda", world_size=2, parallel="ddp")[-1]
-    assert fsdp.params == 4 * P // 8 and fsdp.optimizer == 8 * P // 8
-    ddp_forward = busy_moments(m, 8, 128, "bf16", "cuda", world_size=2, parallel="ddp")[0]
-    assert ddp.grads == ddp_forward.grads == 4 * P  # gradients are DDP's buckets, always there
-    accum = busy_moments(m, 8, 128, "bf16", "cuda", world_size=2, parallel="ddp", accum_steps=4)
-    assert accum[0].grads == accum[-1].grads == 8 * P  # the first step's no_sync gradients too
-    assert fsdp.total < one.total
-
-
-def saved_bytes(cfg: GPTConfig, micro_batch: int, seq_len: int, dtype: str) -> int:
-    """Bytes autograd saves for backward in one training forward, each storage once, parameters excluded."""
-    torch.manual_seed(0)
-    model = GPT(cfg)
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        if s.data_ptr() not in params:
-            storages[s.data_ptr()] = s.nbytes()
-        return t
-
-    x = torch.randint(0, cfg.vocab_size, (micro_batch, seq_len))
-    hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
-    with hooks, train_forward_context(CPU, dtype, seq_len):
-        model(x, x)
-    return sum(storages.values())
-
-
-@pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize(
-    "dtype,seq_len",
-    [("fp32", 16), ("bf16", 16), ("bf16", 264)],
-    ids=["fp32-flash", "bf16-math", "bf16-flash"],
-)
-def test_saved_activations_match_what_autograd_saves(dtype: str, seq_len: int, bias: bool) -> None:
-    cfg = GPTConfig(vocab_size=97, block_size=272, n_layer=2, n_head=2, n_embd=32, bias=bias)
-    math = uses_math_attention("cpu", dtype, seq_len)
-    assert math == (dtype == "bf16" and seq_len <= 256)
-    # autocast's casts of the blocks' Linear weights are saved too (biases are not).
-    weight_casts = 2 * 12 * cfg.n_embd**2 * cfg.n_layer if dtype == "bf16" else 0
-    for micro_batch in (1, 3):
-        expected = (
-            activation_bytes(cfg, micro_batch, seq_len, dtype, math)
-            + loss_head_saved_bytes(cfg, micro_batch * seq_len)
-            + weight_casts
-        )
-        assert saved_bytes(cfg, micro_batch, seq_len, dtype) == expected
-    per_token = saved_bytes(cfg, 2, seq_len, dtype) - saved_bytes(cfg, 1, seq_len, dtype)
-    C = cfg.n_embd
-    # Blocks, plus a token id, ln_f's input, mean and rstd, and the head's d loss/d hidden.
-    expected_per_token = cfg.n_layer * activation_bytes_per_token(cfg, dtype, seq_len, math)
-    expected_per_token += 8 + (4 * C + 8) + 4 * C
-    assert per_token == seq_len * expected_per_token
-
-
-def allocation_peaks(cfg: GPTConfig, micro_batch: int, seq_len: int, dtype: str) -> tuple[int, int]:
-    """Peak live CPU tensor bytes in the third training step's forward, and in its backward
-    and optimizer step, from the profiler's allocation events."""
-    x = torch.randint(0, cfg.vocab_size, (micro_batch, seq_len))
-    marks = []
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
-        torch.manual_seed(0)
-        model = GPT(cfg)
-        opt = build_optimizer(model, OptimConfig(), CPU)
-        for _ in range(3):  # AdamW's state exists from the second step on
-            marks.append(time.time_ns())
-            with train_forward_context(CPU, dtype, seq_len):
-                loss = model(x, x)
-            marks.append(time.time_ns())
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        marks.append(time.time_ns())
-    try:
-        from torch._C._profiler import _EventType
-
-        stack = list(prof.profiler.kineto_results.experimental_event_tree())
-    except (ImportError, AttributeError):
-        pytest.skip("this torch's profiler exposes no allocation events")
-    events = []  # (time, bytes allocated, change)
-    while stack:
-        node = stack.pop()
-        stack.extend(node.children)
-        if node.tag == _EventType.Allocation:
-            f = node.extra_fields
-            events.append((node.start_time_ns, f.total_allocated, f.alloc_size))
-    events.sort()
-    base = events[0][1] - events[0][2]  # the tally carries over from earlier profiler sessions
-    forward = max((a for t, a, _ in events if marks[4] <= t < marks[5]), default=None)
-    rest = max((a for t, a, _ in events if marks[5] <= t < marks[6]), default=None)
-    if forward is None or rest is None:
-        pytest.skip("the profiler's timestamps are not on time.time_ns()'s clock here")
-    return forward - base, rest - base
+def probe_peak(cfg: TrainConfig, dtype: str = "bf16", world: int = 1, fake: bool = True) -> int:
+    with step_probe(cfg, dtype, CPU, world, fake=fake) as probe:
+        est = probe(cfg.batch.micro_batch)
+    assert est is not None and est.peak > est.floor, est
+    return est.peak
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-@pytest.mark.parametrize("micro_batch", [4, 6, 10], ids=["1chunk", "2chunks", "3chunks"])
-def test_busy_moments_match_the_allocation_trace(dtype: str, micro_batch: int) -> None:
-    """Each transient follows the code it models (loss.py's loop above all): this fails first
-    when that code changes. On CPU the loss head runs 512-token chunks here."""
-    cfg = GPTConfig(vocab_size=4096, block_size=128, n_layer=2, n_head=4, n_embd=64)
-    forward, rest = allocation_peaks(cfg, micro_batch, 128, dtype)
-    moments = {m.phase: m.total for m in busy_moments(cfg, micro_batch, 128, dtype, "cpu")}
-    in_forward = max(moments["loss head forward"], moments.get("attention forward", 0))
-    after = max(moments["backward of the last block"], moments["end of backward / optimizer step"])
-    assert in_forward == pytest.approx(forward, rel=0.02)
-    assert after == pytest.approx(rest, rel=0.02)
+@pytest.mark.parametrize("parallel,world", [("ddp", 1), ("fsdp", 2)])
+def test_tracker_counts_what_torch_memtracker_counts(dtype: str, parallel: str, world: int) -> None:
+    mem_tracker = pytest.importorskip("torch.distributed._tools.mem_tracker")
+    reference = mem_tracker.MemTracker()
+    with reference:  # sees the build too, but the step's peak is the higher
+        peak = probe_peak(config(parallel, world=world), dtype, world, fake=False)
+    assert peak == reference.get_tracker_snapshot("peak")[CPU]["Total"]
+
+
+@pytest.mark.parametrize(
+    "parallel,world,accum", [("ddp", 1, 1), ("ddp", 1, 3), ("ddp", 2, 2), ("fsdp", 2, 2)]
+)
+def test_fake_tensors_hold_what_real_tensors_hold(parallel: str, world: int, accum: int) -> None:
+    cfg = config(parallel, accum=accum, world=world)
+    assert probe_peak(cfg, world=world) == probe_peak(cfg, world=world, fake=False)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_one_micro_step_on_zero_gradients_holds_what_the_second_of_two_holds(dtype: str) -> None:
+    cfg = config(accum=2)
+    tracker = PeakTracker()
+    with tracker:
+        model = GPT(cfg.model)
+        optimizer = build_optimizer(model, cfg.optim, CPU)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        x = torch.randint(0, cfg.model.vocab_size, (4, T))
+        for _ in range(2):  # the first makes AdamW's state
+            tracker.peak = tracker.live
+            train_step(model, optimizer, scaler, lambda: (x, x), 2, CPU, dtype, 1.0)
+            optimizer_step(model, optimizer, scaler)
+    # Up to a few scalars: the first micro-step's loss is alive in the second.
+    assert probe_peak(cfg, dtype, fake=False) == pytest.approx(tracker.peak, abs=16)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_floor_is_the_state_the_optimizer_keeps(optimizer: str) -> None:
+    cfg = config()
+    cfg.optim.optimizer = optimizer
+    model = GPT(cfg.model)
+    opt = build_optimizer(model, cfg.optim, CPU)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    params = sum(p.nbytes for p in model.parameters())
+    moments = [t for s in opt.state.values() for k, t in s.items() if k != "step"]
+    assert state_floor(cfg) == (params, params, sum(t.nbytes for t in moments))
+    cfg.run.parallel = "fsdp"
+    assert state_floor(cfg, 4) == tuple(n // 4 for n in state_floor(cfg, 1))
+
+
+def fake_probe(cfg: TrainConfig, per_sequence: int, calls: list[int], oom: int = 1 << 62) -> Probe:
+    """A step whose peak grows by `per_sequence` bytes a sequence, gradients held in forward
+    with accumulation; `oom` bytes and more run out of memory."""
+    weights, grads, optimizer = state_floor(cfg)
+
+    def probe(mb: int) -> MemoryEstimate | None:
+        calls.append(mb)
+        accum = cfg.batch.tokens_per_step // (mb * cfg.batch.seq_len)
+        peak = weights + optimizer + max(grads, (grads if accum > 1 else 0) + per_sequence * mb)
+        return MemoryEstimate(mb, peak, weights, grads, optimizer, "test") if peak < oom else None
+
+    return probe
+
+
+@pytest.mark.parametrize("per_sequence", [10**6, 10**8])
+def test_suggestion_is_the_largest_fitting_divisor_found_in_few_steps(per_sequence: int) -> None:
+    cfg = train_preset("gpt2_124m_owt")  # 491,520 tokens/step: 480 sequences of 1,024
+    candidates = valid_micro_batches(cfg.batch.tokens_per_step, cfg.batch.seq_len, 1)
+    assert candidates[:6] == [1, 2, 3, 4, 5, 6] and len(candidates) == 24
+    previous = 0
+    for gb in (3, 4, 8, 16, 24, 40, 80, 141):
+        calls: list[int] = []
+        probe = fake_probe(cfg, per_sequence, calls)
+        s = suggest_micro_batch(cfg, probe, "cuda", gb * 10**9)
+        assert len(set(calls)) <= math.ceil(math.log2(len(candidates))) + 2, calls
+        fitting = [mb for mb in candidates if needed_bytes(probe(mb), "cuda") <= s.budget]  # type: ignore[arg-type]
+        assert s.micro_batch == max(fitting, default=None), (gb, s.message)
+        if s.micro_batch is not None:
+            assert s.estimate is not None and needed_bytes(s.estimate, "cuda") <= s.budget
+            assert s.micro_batch >= previous and f"--batch.micro-batch {s.micro_batch}" in s.message
+            previous = s.micro_batch
+
+
+def test_single_micro_step_can_fit_where_accumulation_does_not() -> None:
+    cfg = train_preset("gpt2_1558m")
+    cfg.batch = BatchConfig(2 * 1024, 1, 1024)  # micro-batch 1 accumulates, 2 does not
+    weights, grads, optimizer = state_floor(cfg)
+    budget = weights + optimizer + grads + 1.5 * 10**9 + 500_000_000
+    s = suggest_micro_batch(cfg, fake_probe(cfg, 10**9, []), "cuda", int(budget / 0.9))
+    assert s.micro_batch == 2, s.message  # 1 holds gradients beside its activations
+
+
+def test_suggestion_says_when_nothing_fits() -> None:
+    cfg = train_preset("gpt2_1558m")
+    calls: list[int] = []
+    s = suggest_micro_batch(cfg, fake_probe(cfg, 10**8, calls), "cuda", 16 * 10**9)
+    assert s.micro_batch is None and not calls  # the floor alone is too much
+    assert s.message.startswith("none: even micro-batch 1 needs more than") and "fsdp" in s.message
+    every_step_oom = fake_probe(cfg, 10**8, calls, oom=sum(state_floor(cfg)))
+    s = suggest_micro_batch(cfg, every_step_oom, "cuda", 80 * 10**9)
+    assert s.micro_batch is None and s.message.startswith("none: even micro-batch 1 needs more")
+    cfg.batch.tokens_per_step = 1000
+    with pytest.raises(ValueError, match="not a multiple"):
+        suggest_micro_batch(cfg, fake_probe(cfg, 1, calls), "cuda", 16 * 10**9)
+
+
+def test_probe_is_measured_once_per_micro_batch_and_grows_with_it() -> None:
+    cfg = config(accum=8)  # 32 sequences a step
+    with step_probe(cfg, "fp32", CPU) as probe:
+        peaks = [probe(mb) for mb in (1, 2, 4, 8, 4)]
+    assert peaks[2] is peaks[4]  # cached
+    sizes = [p.peak for p in peaks if p is not None]
+    assert sizes[:4] == sorted(sizes[:4]) and len(set(sizes[:4])) == 4
+    assert all(p.floor == sum(state_floor(cfg)) for p in peaks if p is not None)
+    fsdp = replace(cfg, run=replace(cfg.run, parallel="fsdp"))
+    with step_probe(fsdp, "fp32", CPU, 4) as probe:
+        sharded = probe(2)
+    assert sharded is not None and sharded.peak < sizes[1]
 
 
 def test_dry_run_reports_memory_and_the_largest_micro_batch(
@@ -180,32 +179,6 @@ def test_dry_run_reports_memory_and_the_largest_micro_batch(
     report = plan.dry_run_report(cfg)
     for needle in ("parameters:", "time per step:", "peak memory:", "device memory:"):
         assert needle in report
-    assert "params " in report and "activations " in report and "loss head " in report
+    assert "measured: one eager training step on fake tensors" in report
+    assert "floor " in report and "weights " in report and "optimizer state " in report
     assert "largest micro-batch: 32 (--batch.micro-batch 32)" in report
-
-
-def test_suggestion_is_the_largest_fitting_divisor_and_monotone_in_memory() -> None:
-    cfg = train_preset("gpt2_124m_owt")  # 491,520 tokens/step: 480 sequences of 1,024
-    candidates = valid_micro_batches(cfg.batch.tokens_per_step, cfg.batch.seq_len, 1)
-    assert candidates[:6] == [1, 2, 3, 4, 5, 6] and candidates[-1] == 480
-    previous = 0
-    for gb in (8, 16, 24, 40, 80, 141):
-        s = suggest_micro_batch(cfg, "bf16", "cuda", gb * 10**9)
-        assert s.micro_batch is not None, s.message
-        assert needed_bytes(s.estimate, "cuda") <= s.budget == int(0.9 * gb * 10**9)
-        larger = [b for b in candidates if b > s.micro_batch]
-        if larger:  # the next valid micro-batch would not fit
-            est = estimate_peak(cfg.model, larger[0], 1024, "bf16", "cuda", accum_steps=2)
-            assert needed_bytes(est, "cuda") > s.budget
-        assert s.micro_batch >= previous and f"--batch.micro-batch {s.micro_batch}" in s.message
-        previous = s.micro_batch
-
-
-def test_suggestion_says_when_nothing_fits() -> None:
-    cfg = train_preset("gpt2_1558m")
-    s = suggest_micro_batch(cfg, "bf16", "cuda", 16 * 10**9)
-    assert s.micro_batch is None
-    assert s.message.startswith("none: even micro-batch 1 needs") and "fsdp" in s.message
-    cfg.batch.tokens_per_step = 1000
-    with pytest.raises(ValueError, match="not a multiple"):
-        suggest_micro_batch(cfg, "bf16", "cuda", 16 * 10**9)

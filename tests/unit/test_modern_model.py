@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from gpt2repro import presets
 from gpt2repro.loss import linear_cross_entropy
-from gpt2repro.model import GPT, GPTConfig, KVCache, apply_rope, modern_model_options, rope_angles
+from gpt2repro.model import GPT, GPTConfig, KVCache, apply_rope, rope_angles
+from gpt2repro.presets import modern_model_options
 
 
 def capped_naive(x, w, t, vocab, cap):

@@ -10,7 +10,8 @@ import torch
 
 from gpt2repro import presets
 from gpt2repro.config import OptimConfig
-from gpt2repro.model import GPT, modern_model_options
+from gpt2repro.model import GPT
+from gpt2repro.presets import modern_model_options
 from gpt2repro.training.optimizer import (
     MuonAdamW,
     apply_schedule,

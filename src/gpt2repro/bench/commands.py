@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
+
+import tyro
 
 
 @dataclass
@@ -214,3 +217,29 @@ def run_bench_shakespeare(args: BenchShakespeareArgs) -> None:
     from gpt2repro.bench.shakespeare import bench_shakespeare
 
     report(bench_shakespeare(args.out_root), args.out)
+
+
+@dataclass
+class BenchRecipesArgs:
+    """The classic recipe against the modern one at equal training time, several seeds each."""
+
+    out_root: Path = Path("runs_out/bench_recipes")
+    """Where every run writes its run directory."""
+    seeds: int = 3
+    """Seeds per recipe."""
+    ablation: Annotated[bool, tyro.conf.FlagCreatePairsOff] = True
+    """Also add the modern pieces one at a time to the classic recipe, at seed 0."""
+    out: Path | None = None
+    """Also write the result as JSON here, and the figure beside it (same name, .png)."""
+
+
+def run_bench_recipes(args: BenchRecipesArgs) -> None:
+    from gpt2repro.bench.common import report
+    from gpt2repro.bench.recipes import bench_recipes, plot_recipes
+
+    if args.seeds < 1:
+        raise ValueError(f"--seeds {args.seeds}: pass at least 1 (3 or more to report a spread).")
+    result = bench_recipes(args.out_root, seeds=args.seeds, ablation=args.ablation)
+    figure = (args.out or args.out_root / "recipes.json").with_suffix(".png")
+    result["figure"] = str(plot_recipes(result, figure))
+    report(result, args.out)

@@ -1,24 +1,22 @@
 """Peak memory of one training step, measured by running the step, not by modelling it.
 
-`train --dry-run` reports the peak for the configured micro-batch and the largest micro-batch
-that fits the device. Both come from `step_probe`, which builds one rank's model and
-optimizer once and then runs training.step's `train_step` + `optimizer_step`, the code that
-trains, once per micro-batch asked about (as torchtitan's scripts/estimate/estimation.py):
-- on CUDA for real, eager, read with the allocator's max_memory_allocated; a micro-batch that
-  runs out of memory does not fit;
-- elsewhere on fake tensors (FakeTensorMode: shapes and dtypes, no data, no memory), every
-  tensor storage counted from allocation to release by `PeakTracker`. The same count on
-  real tensors gives the same bytes (tests/unit/test_memory.py), and a real CPU step's peak
-  RSS is within 20% of it (tests/integration/test_memory_estimate.py).
-FSDP runs its real sharding over a process group of torch's "fake" backend (collectives that
-do nothing), as rank 0 of the job. DDP's reducer cannot run there; its one memory effect is
-reproduced: the gradients live in buckets that exist from construction on.
+`train --dry-run` reports the peak of the configured micro-batch and the largest micro-batch
+that fits the device. `step_probe` builds one rank's model and optimizer once, then runs
+training.step's `train_step` + `optimizer_step` once per micro-batch asked about, as
+torchtitan's scripts/estimate/estimation.py does:
+- on CUDA for real and eager, read with max_memory_allocated; out of memory does not fit;
+- elsewhere on fake tensors (FakeTensorMode: shapes, no data, no memory), every storage
+  counted from allocation to release by `PeakTracker` (on real tensors the same count gives
+  the same bytes; a real CPU step's peak RSS is within 20%, tests/integration).
+FSDP shards for real over a process group of torch's "fake" backend, as rank 0 of the job.
+DDP's reducer cannot run there; its memory effect is reproduced: gradients that live in
+buckets made at construction.
 
-The closed form kept is the floor: fp32 weights, gradients and optimizer state, what even
-the optimizer step of micro-batch 1 holds; when it alone does not fit, nothing is run.
-Counted are tensor bytes. Left to the caller (`needed_bytes`): the torch runtime and, on
-CPU, the freed blocks glibc's malloc keeps. torch.compile saves fewer activations than the
-eager step measured here: for compiled runs the estimate is an upper bound.
+Kept in closed form is the floor: fp32 weights, gradients and optimizer state, which even
+micro-batch 1's optimizer step holds; when it alone does not fit, nothing is run. Counted
+are tensor bytes; `needed_bytes` adds the runtime and, on CPU, the blocks malloc keeps.
+torch.compile saves fewer activations than the eager step: for it this is an upper bound.
+Accuracy and cost: benchmarks/results/2026-12-07_notes-memory-probe_cpu-2core-intel-amx.md.
 """
 
 from __future__ import annotations
@@ -73,18 +71,9 @@ class MemoryEstimate:
     """How `peak` was measured, for the report."""
 
     @property
-    def total(self) -> int:
-        return self.peak
-
-    @property
     def floor(self) -> int:
         """fp32 weights + gradients + optimizer state: all alive at the optimizer step."""
         return self.weights + self.grads + self.optimizer
-
-    def floor_breakdown(self) -> str:
-        parts = (("weights", self.weights), ("gradients", self.grads))
-        parts += (("optimizer state", self.optimizer),)
-        return " + ".join(f"{name} {fmt_bytes(n)}" for name, n in parts)
 
 
 def fmt_bytes(n: float) -> str:
@@ -107,9 +96,9 @@ def state_floor(cfg: TrainConfig, world_size: int = 1) -> tuple[int, int, int]:
 class PeakTracker(TorchDispatchMode):
     """Bytes of live tensor storages, and their peak, counted as ops create and free them.
 
-    A lean torch.distributed._tools.mem_tracker.MemTracker, which counts the same way
-    (tests/unit/test_memory.py compares them) but also attributes memory to modules, at a
-    cost per op that grows with their number: 7x the time of a fake step for GPT-2 1.5B.
+    A lean torch.distributed._tools.mem_tracker.MemTracker, which counts the same bytes
+    (tests/unit/test_memory.py) but also attributes them to modules, at a cost per op that
+    grows with their number: a fake step of GPT-2 124M takes 6x as long, of 1.5B 15x.
     """
 
     def __init__(self) -> None:
@@ -152,7 +141,7 @@ class PeakTracker(TorchDispatchMode):
                 self.peak = max(self.peak, self.live)
             return out
 
-        torch.UntypedStorage.resize_ = resize_  # type: ignore[method-assign]
+        torch.UntypedStorage.resize_ = resize_  # type: ignore[method-assign, assignment]
         super().__enter__()
         return self
 
@@ -181,97 +170,120 @@ Probe = Callable[[int], MemoryEstimate | None]
 """micro-batch -> the step's measured peak, or None: it ran out of device memory."""
 
 
-@contextlib.contextmanager
-def step_probe(
-    cfg: TrainConfig, dtype: str, device: torch.device, world_size: int = 1
-) -> Iterator[Probe]:
-    """One rank's model and optimizer (state created by one step on zero gradients), built
-    once; the probe runs one training step per micro-batch and reports its peak."""
-    T, parallel = cfg.batch.seq_len, cfg.run.parallel
-    fsdp, ddp = world_size > 1 and parallel == "fsdp", world_size > 1 and parallel == "ddp"
-    real = device.type == "cuda"
-    tracker = None if real else PeakTracker()
-    fake = contextlib.nullcontext() if real else FakeTensorMode()
-    counted = tracker or contextlib.nullcontext()
-    floor = state_floor(cfg, world_size)
-    clip = cfg.optim.grad_clip
-    method = (
-        f"measured: one eager training step on {device}, max_memory_allocated"
-        if real
-        else "measured: one eager training step on fake tensors, every storage counted"
-    )
-    with fake_process_group(world_size) if fsdp else contextlib.nullcontext():
-        if real:
+class _StepProbe:
+    """`Probe` over one rank's model and optimizer, built once as training/setup.py builds
+    them; the optimizer's state made by its own step on zero gradients."""
+
+    def __init__(
+        self, cfg: TrainConfig, dtype: str, device: torch.device, world_size: int, fake: bool
+    ) -> None:
+        self.cfg, self.dtype, self.device, self.world = cfg, dtype, device, world_size
+        self.fsdp = world_size > 1 and cfg.run.parallel == "fsdp"
+        allocator = device.type == "cuda" and not fake
+        self.tracker = None if allocator else PeakTracker()
+        self.fake = FakeTensorMode() if fake else contextlib.nullcontext()
+        self.base = torch.cuda.memory_allocated(device) if allocator else 0
+        counted = self.tracker or contextlib.nullcontext()
+        with self.fake, counted, torch.device(device):
+            self.gpt = GPT(cfg.model)
+        self.model: torch.nn.Module = self.gpt
+        if self.fsdp:  # outside fake mode: the device mesh reads its ranks from real tensors
+            with counted:
+                dist = DistInfo(world_size=world_size)
+                self.model = wrap_model(self.gpt, device, False, dist, "fsdp", dtype)
+        with self.fake, counted, torch.device(device):
+            self.optimizer = build_optimizer(self.gpt, cfg.optim, device)
+            for p in self.gpt.parameters():
+                p.grad = torch.zeros_like(p)
+            self.optimizer.step()
+            zero_grads(self.model, self.optimizer)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16")
+        self.floor = state_floor(cfg, world_size)
+        how = "max_memory_allocated" if allocator else "every storage counted"
+        where = "fake tensors" if fake else str(device)
+        self.method = f"measured: one eager training step on {where}, {how}"
+        self.seen: dict[int, MemoryEstimate | None] = {}
+
+    def __call__(self, micro_batch: int) -> MemoryEstimate | None:
+        if micro_batch not in self.seen:
+            peak = self._measure(micro_batch)
+            est = (
+                None
+                if peak is None
+                else MemoryEstimate(micro_batch, peak, *self.floor, self.method)
+            )
+            self.seen[micro_batch] = est
+        return self.seen[micro_batch]
+
+    def _step(self, micro_batch: int) -> None:
+        """One optimizer step, holding what steps hold from their second micro-step on (every
+        later micro-step holds the same)."""
+        b = self.cfg.batch
+        accum = b.tokens_per_step // (micro_batch * b.seq_len * self.world)
+        x = torch.randint(0, self.cfg.model.vocab_size, (micro_batch, b.seq_len))
+        micro, no_sync_grads = 1, None
+        if self.fsdp:
+            micro = min(accum, 2)  # FSDP keeps unsynchronised micro-steps' gradients itself
+        elif accum > 1 or self.world > 1:
+            # From the second micro-step on, and always under DDP (its gradients are views
+            # of buckets made at construction), gradients exist during forward: one
+            # micro-step on zero gradients holds what those hold.
+            for p in self.gpt.parameters():
+                p.grad = torch.zeros_like(p)
+            if self.world > 1 and accum > 1:  # DDP's first step: no_sync makes its own
+                no_sync_grads = torch.empty(sum(p.numel() for p in self.gpt.parameters()))
+        args = (self.model, self.optimizer, self.scaler, lambda: (x, x), micro, self.device)
+        train_step(*args, self.dtype, self.cfg.optim.grad_clip)
+        optimizer_step(self.model, self.optimizer, self.scaler)
+        del no_sync_grads
+
+    def _measure(self, micro_batch: int) -> int | None:
+        with torch.device(self.device):
+            if self.tracker is not None:
+                self.tracker.peak = self.tracker.live
+                with self.fake, self.tracker:
+                    self._step(micro_batch)
+                return self.tracker.peak
+            torch.cuda.reset_peak_memory_stats(self.device)
+            try:
+                self._step(micro_batch)
+                return torch.cuda.max_memory_allocated(self.device) - self.base
+            except torch.OutOfMemoryError:
+                pass
+        # Out of memory mid-step: the next step starts from a clean state.
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.scaler.is_enabled())
+        gc.collect()  # the failed step's tensors, now that its traceback is gone
+        torch.cuda.empty_cache()
+        return None
+
+    def close(self) -> None:
+        del self.gpt, self.model, self.optimizer
+        if self.tracker is None:
             gc.collect()
             torch.cuda.empty_cache()
-        base = torch.cuda.memory_allocated(device) if real else 0
-        with fake, counted, torch.device(device):
-            gpt = GPT(cfg.model)
-        model: torch.nn.Module = gpt
-        if fsdp:  # outside fake mode: the device mesh reads its ranks from real tensors
-            with counted:
-                model = wrap_model(
-                    gpt, device, False, DistInfo(world_size=world_size), parallel, dtype
-                )
-        with fake, counted, torch.device(device):
-            optimizer = build_optimizer(gpt, cfg.optim, device)
-            scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16")
-            for p in gpt.parameters():
-                p.grad = torch.zeros_like(p)
-            optimizer.step()
-            zero_grads(model, optimizer)
-        seen: dict[int, MemoryEstimate | None] = {}
 
-        def run(micro_batch: int) -> None:
-            accum = cfg.batch.tokens_per_step // (micro_batch * T * world_size)
-            x = torch.randint(0, cfg.model.vocab_size, (micro_batch, T))
-            micro, buckets = 1, None
-            if fsdp:  # it keeps the unsharded gradients of unsynchronised micro-steps itself
-                micro = min(accum, 2)  # later micro-steps hold what the second holds
-            elif accum > 1 or ddp:
-                # From the second micro-step on, and always under DDP (its gradients are views
-                # of buckets made at construction), gradients exist during forward: one
-                # micro-step on zero gradients holds what those hold.
-                for p in gpt.parameters():
-                    p.grad = torch.zeros_like(p)
-                if ddp and accum > 1:  # the first step's no_sync micro-steps make their own
-                    buckets = torch.empty(sum(p.numel() for p in gpt.parameters()))
-            train_step(model, optimizer, scaler, lambda: (x, x), micro, device, dtype, clip)
-            optimizer_step(model, optimizer, scaler)
-            del buckets
 
-        def probe(micro_batch: int) -> MemoryEstimate | None:
-            if micro_batch not in seen:
-                seen[micro_batch] = None
-                if tracker is not None:
-                    tracker.peak = tracker.live
-                    with fake, tracker, torch.device(device):
-                        run(micro_batch)
-                    peak = tracker.peak
-                else:
-                    torch.cuda.reset_peak_memory_stats(device)
-                    try:
-                        with torch.device(device):
-                            run(micro_batch)
-                        oom = False
-                    except torch.OutOfMemoryError:
-                        oom = True  # freed below, once the traceback no longer holds the step
-                    if oom:
-                        zero_grads(model, optimizer)
-                        gc.collect()
-                        torch.cuda.empty_cache()
-                        return None
-                    peak = torch.cuda.max_memory_allocated(device) - base
-                seen[micro_batch] = MemoryEstimate(micro_batch, peak, *floor, method)
-            return seen[micro_batch]
-
+@contextlib.contextmanager
+def step_probe(
+    cfg: TrainConfig,
+    dtype: str,
+    device: torch.device,
+    world_size: int = 1,
+    fake: bool | None = None,
+) -> Iterator[Probe]:
+    """One rank's model and optimizer, built once; the probe runs one training step per
+    micro-batch and returns its measured peak. `fake`: on fake tensors (default: except on
+    CUDA); real tensors off CUDA are counted as fake ones are (tests compare the two)."""
+    fsdp = world_size > 1 and cfg.run.parallel == "fsdp"
+    with fake_process_group(world_size) if fsdp else contextlib.nullcontext():
+        probe = _StepProbe(
+            cfg, dtype, device, world_size, device.type != "cuda" if fake is None else fake
+        )
         try:
             yield probe
         finally:
-            del model, gpt, optimizer
-            if real:
-                gc.collect()
-                torch.cuda.empty_cache()
+            probe.close()
 
 
 def device_memory_bytes(device: torch.device) -> tuple[int, str]:
@@ -292,7 +304,7 @@ def needed_bytes(estimate: MemoryEstimate, device_type: str) -> int:
     """What a run needs of its device: the tensors, malloc's slack on CPU, the runtime."""
     slack = CPU_MALLOC_SLACK if device_type == "cpu" else 1.0
     kept = estimate.weights + estimate.optimizer  # allocated once, never freed
-    return kept + int((estimate.total - kept) * slack) + RUNTIME_BYTES.get(device_type, 0)
+    return kept + int((estimate.peak - kept) * slack) + RUNTIME_BYTES.get(device_type, 0)
 
 
 @dataclass(frozen=True)
@@ -315,6 +327,29 @@ def valid_micro_batches(tokens_per_step: int, seq_len: int, world_size: int) -> 
     return [b for b in range(1, sequences + 1) if sequences % b == 0]
 
 
+def largest_fitting(
+    candidates: list[int], fits: Callable[[int], bool], fits_without_grads: Callable[[int], bool]
+) -> int | None:
+    """The largest of the ascending `candidates` that `fits`, probing few of them.
+
+    All but the last accumulate, and their peak grows with the micro-batch: they are
+    bisected. The last runs one micro-step, without gradients during forward, which saves
+    at most their bytes: it is tried unless a smaller one failed even without them.
+    """
+    *rest, last = candidates
+    best = failed = None
+    lo, hi = 0, len(rest) - 1
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if fits(rest[mid]):
+            best, lo = rest[mid], mid + 1
+        else:
+            failed, hi = rest[mid], mid - 1
+    if (failed is None or fits_without_grads(failed)) and fits(last):
+        return last
+    return best
+
+
 def suggest_micro_batch(
     cfg: TrainConfig,
     probe: Probe,
@@ -323,13 +358,7 @@ def suggest_micro_batch(
     world_size: int = 1,
     fraction: float = DEVICE_FRACTION,
 ) -> Suggestion:
-    """The largest micro-batch that keeps the token budget valid and fits `fraction` of memory.
-
-    With accumulation the peak grows with the micro-batch, so those candidates are bisected.
-    The largest runs a single micro-step, without gradients during forward, which can save
-    at most their bytes: it is run unless a smaller micro-batch's step, less those bytes,
-    already does not fit.
-    """
+    """The largest micro-batch that keeps the token budget valid and fits `fraction` of memory."""
     b = cfg.batch
     candidates = valid_micro_batches(b.tokens_per_step, b.seq_len, world_size)
     if not candidates:
@@ -346,51 +375,36 @@ def suggest_micro_batch(
     floor = MemoryEstimate(1, weights + grads + optimizer, weights, grads, optimizer, "closed form")
     if needed_bytes(floor, device_type) > budget:
         need = fmt_bytes(needed_bytes(floor, device_type))
+        message = f"none: even micro-batch {candidates[0]} needs more than ~{need} (weights, "
         return Suggestion(
-            None,
-            None,
-            budget,
-            f"none: even micro-batch {candidates[0]} needs more than ~{need} (weights, "
-            f"gradients and optimizer state alone), {advice}",
+            None, None, budget, message + f"gradients and optimizer state alone), {advice}"
+        )
+    grads_in_forward = grads * (world_size if cfg.run.parallel == "fsdp" else 1)  # unsharded
+
+    def needed(mb: int, less: int = 0) -> int | None:
+        est = probe(mb)
+        return (
+            None if est is None else needed_bytes(replace(est, peak=est.peak - less), device_type)
         )
 
     def fits(mb: int) -> bool:
-        est = probe(mb)
-        return est is not None and needed_bytes(est, device_type) <= budget
+        need = needed(mb)
+        return need is not None and need <= budget
 
-    *rest, last = candidates
-    best = failed = None
-    if b.micro_batch == last and fits(last):  # measured for the report anyway
-        best, rest = last, []
-    lo, hi = 0, len(rest) - 1
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        if fits(rest[mid]):
-            best, lo = rest[mid], mid + 1
-        else:
-            failed, hi = rest[mid], mid - 1
-    chance = best != last
-    if chance and failed is not None:
-        f = probe(failed)  # less the gradients it held in forward (FSDP: unsharded)
-        grads_in_forward = grads * (world_size if cfg.run.parallel == "fsdp" else 1)
-        chance = (
-            f is None
-            or needed_bytes(replace(f, peak=f.peak - grads_in_forward), device_type) <= budget
-        )
-    if chance and fits(last):
-        best = last
+    def fits_without_grads(mb: int) -> bool:  # out of memory: unknown, worth a try
+        need = needed(mb, grads_in_forward)
+        return need is None or need <= budget
+
+    if b.micro_batch == candidates[-1] and fits(b.micro_batch):  # measured for the report anyway
+        best: int | None = b.micro_batch
+    else:
+        best = largest_fitting(candidates, fits, fits_without_grads)
+    est = probe(best or candidates[0])
     if best is None:
-        est = probe(candidates[0])
         need = f"~{fmt_bytes(needed_bytes(est, device_type))}" if est else "more than the device"
-        return Suggestion(
-            None, est, budget, f"none: even micro-batch {candidates[0]} needs {need}, {advice}"
-        )
-    est = probe(best)
+        message = f"none: even micro-batch {candidates[0]} needs {need}, {advice}"
+        return Suggestion(None, est, budget, message)
     assert est is not None, f"micro-batch {best} fitted but has no estimate"
-    return Suggestion(
-        best,
-        est,
-        budget,
-        f"{best} (--batch.micro-batch {best}), needing ~{fmt_bytes(needed_bytes(est, device_type))} "
-        f"of {fraction:.0%} x {fmt_bytes(device_bytes)}",
-    )
+    need = fmt_bytes(needed_bytes(est, device_type))
+    message = f"{best} (--batch.micro-batch {best}), needing ~{need} of {fraction:.0%} x {fmt_bytes(device_bytes)}"
+    return Suggestion(best, est, budget, message)

@@ -58,7 +58,7 @@ def _memory_lines(cfg: TrainConfig, device: torch.device, dtype: str, world: int
     if est is None:
         peak = f"more than this device holds: micro-batch {cfg.batch.micro_batch} ran out of memory"
     else:
-        peak = f"~{fmt_bytes(est.total)} of tensors per device, {est.method}"
+        peak = f"~{fmt_bytes(est.peak)} of tensors per device, {est.method}"
     return [
         f"peak memory:         {peak}",
         f"  floor {floor} (closed form); the rest is activations and temporaries",
@@ -88,10 +88,13 @@ def _run_dir_lines(cfg: TrainConfig) -> list[str]:
 
 def dry_run_report(cfg: TrainConfig) -> str:
     """Resolved config, parameter count, batch arithmetic, time and memory estimates for this machine."""
-    world = dist_info_from_env().world_size
+    dist = dist_info_from_env()
+    world = dist.world_size
     cfg.validate(world)
     run_lines = _run_dir_lines(cfg)  # reads the resume checkpoint: fails before the estimates
     device = resolve_device(cfg.run.device)
+    if dist.enabled and device.type == "cuda":  # each rank measures on its own GPU
+        device = torch.device("cuda", dist.local_rank)
     dtype = resolve_dtype(cfg.run.dtype, device)
     with torch.device("meta"):
         n_params = GPT(cfg.model).num_params()

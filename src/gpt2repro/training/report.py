@@ -48,7 +48,12 @@ def evaluate(
         scored = {"val_tokens": result["tokens"]} | {
             k: v for k, v in result.items() if k != "tokens"
         }
-        writer.write({"step": state.step, "kind": "val", "tokens": state.tokens, **scored})
+        progress = {
+            "step": state.step,
+            "tokens": state.tokens,
+            "train_seconds": state.train_seconds,
+        }
+        writer.write({"kind": "val", **progress, **scored})
         print0(
             rt.dist,
             f"step {state.step:>6} | val loss {result['loss']:.4f} | val bpb {result['bpb']:.4f}",
