@@ -31,7 +31,8 @@ TIME_SLACK = 1.05
 """A sized run may train at most this much longer than the budget (its last step ends past
 the limit, not before)."""
 WHOLE_SPLIT = 1 << 40  # a val_tokens budget larger than any split: score all of it
-EVALS_PER_RUN = 14  # points on each curve: enough to interpolate the time to target
+EVALS_PER_RUN = 14
+"""Points on each curve: enough to interpolate the time to target."""
 
 
 def _modern_optim(classic: OptimConfig, modern: OptimConfig) -> OptimConfig:
@@ -86,11 +87,13 @@ def spread(values: list[float]) -> dict[str, Any]:
     }
 
 
-def _run(cfg: TrainConfig, out_dir: Path, seed: int, steps: int, budget: float | None) -> Path:
+def _run(
+    cfg: TrainConfig, out_dir: Path, seed: int, steps: int, budget: float | None, evals: int
+) -> Path:
     cfg = replace(cfg, run=replace(cfg.run, out_dir=out_dir, seed=seed, max_steps=steps))
     cfg.run.max_minutes = TIME_SLACK * budget / 60 if budget is not None else None
     cfg.eval = replace(
-        cfg.eval, val_tokens=WHOLE_SPLIT, interval=max(1, steps // EVALS_PER_RUN), sample_interval=0
+        cfg.eval, val_tokens=WHOLE_SPLIT, interval=max(1, steps // evals), sample_interval=0
     )
     cfg.checkpoint = replace(cfg.checkpoint, interval=0)
     train(cfg)
@@ -112,6 +115,7 @@ def bench_recipes(
     seeds: int = 3,
     ablation: bool = True,
     probe_steps: int = 50,
+    evals: int = EVALS_PER_RUN,
     classic: Callable[[], TrainConfig] = lambda: train_preset("shakespeare_cpu"),
     modern: Callable[[], TrainConfig] = lambda: train_preset("modern_shakespeare_cpu"),
 ) -> dict[str, Any]:
@@ -120,14 +124,14 @@ def bench_recipes(
     runs: dict[str, list[Path]] = {"classic": [], "modern": []}
     for seed in range(seeds):
         out = out_root / "classic" / f"seed{seed}"
-        runs["classic"].append(_run(base, out, seed, base.run.max_steps, None))
+        runs["classic"].append(_run(base, out, seed, base.run.max_steps, None, evals))
     classic_final = [val_curve(p)[-1] for p in runs["classic"]]
     budget = statistics.median(s for s, _ in classic_final)
     target = statistics.median(b for _, b in classic_final)
     steps = sized_steps(modern(), out_root / "modern_probe", budget, probe_steps)
     for seed in range(seeds):
         out = out_root / "modern" / f"seed{seed}"
-        runs["modern"].append(_run(modern(), out, seed, steps, budget))
+        runs["modern"].append(_run(modern(), out, seed, steps, budget, evals))
     curves = {name: [val_curve(p) for p in paths] for name, paths in runs.items()}
     reach = [time_to_target(c, target) for c in curves["modern"]]
     reached = [r for r in reach if r is not None]
@@ -155,17 +159,24 @@ def bench_recipes(
     m, c = result["recipes"]["modern"]["final_bpb"], result["recipes"]["classic"]["final_bpb"]
     result["median_bpb_change"] = m["median"] / c["median"] - 1
     if ablation:
-        result["ablation"] = _ablation(base, modern(), out_root / "ablation", budget, probe_steps)
+        result["ablation"] = _ablation(
+            base, modern(), out_root / "ablation", budget, probe_steps, evals
+        )
     return result
 
 
 def _ablation(
-    classic: TrainConfig, modern: TrainConfig, root: Path, budget: float, probe_steps: int
+    classic: TrainConfig,
+    modern: TrainConfig,
+    root: Path,
+    budget: float,
+    probe_steps: int,
+    evals: int,
 ) -> list[dict[str, Any]]:
     rows = []
     for i, (name, cfg) in enumerate(ablation_steps(classic, modern)):
         steps = sized_steps(cfg, root / f"probe{i}", budget, probe_steps)
-        curve = val_curve(_run(cfg, root / f"step{i}", 0, steps, budget))
+        curve = val_curve(_run(cfg, root / f"step{i}", 0, steps, budget, evals))
         rows.append(
             {"variant": name, "steps": steps, "train_seconds": curve[-1][0], "bpb": curve[-1][1]}
         )
