@@ -1,4 +1,6 @@
-"""Shared fixtures: small fp32 CPU models, seeded, and a tiny prepared corpus."""
+"""Shared fixtures: small fp32 CPU models, seeded, and a tiny prepared corpus. Plain helpers
+shared by several test modules (a training config, a run built from parts, the CLI) are in
+helpers.py."""
 
 from __future__ import annotations
 

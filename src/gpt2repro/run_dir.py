@@ -23,14 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpt2repro.atomic import delete_directory, move_aside, recover_directories
-from gpt2repro.checkpoint import (
-    META,
-    TRAIN_STATE,
-    DamagedCheckpoint,
-    check_files,
-    is_checkpoint,
-)
+from gpt2repro.checkpoint import META, TRAIN_STATE, DamagedCheckpoint, is_checkpoint
 from gpt2repro.distributed import DistInfo, broadcast_object, gather_objects, wait_for_main
+from gpt2repro.train_state import check_files
 
 STEP_PREFIX = "step_"
 

@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from gpt2repro.checkpoint import load_model, load_train_state
+from gpt2repro.checkpoint import load_model
+from gpt2repro.train_state import load_train_state
 
 from .launch import (
     finish,

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import gpt2repro.training.loop as train_module
-from gpt2repro.checkpoint import load_train_state
 from gpt2repro.config import (
     BatchConfig,
     CheckpointConfig,
@@ -39,6 +38,7 @@ from gpt2repro.metrics import datasheet_peak, measure_matmul_peak
 from gpt2repro.model import GPT, GPTConfig
 from gpt2repro.parallelize import autocast, resolve_dtype
 from gpt2repro.sampling import SamplingConfig, generate
+from gpt2repro.train_state import load_train_state
 from gpt2repro.training.optimizer import build_optimizer
 
 pytestmark = [

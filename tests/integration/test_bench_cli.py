@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 
 from gpt2repro.bench.loader import write_synthetic_dataset
-
-from .test_cli import run_cli
 
 
 def test_bench_loader_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,13 +18,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import cli_args, launch, train_config, wait_for
 from safetensors.torch import load_file, save_file
 
 from gpt2repro.atomic import recover_directories
-from gpt2repro.checkpoint import load_model, load_train_state
+from gpt2repro.checkpoint import load_model
 from gpt2repro.cli import main
-
-from .test_train import cli_args, launch, tiny_config, wait_for
+from gpt2repro.train_state import load_train_state
 
 PAUSING_TRAIN = r"""
 import os, shutil, sys, time
@@ -124,7 +124,7 @@ def hidden(root: Path) -> list[str]:
 def test_a_kill_mid_write_leaves_a_temporary_that_the_resume_deletes(
     corpus: SimpleNamespace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = cli_args(tiny_config(corpus, tmp_path / "run", steps=9))
+    args = cli_args(train_config(corpus, tmp_path / "run", steps=9))
     proc = run_until_paused("saved:step_000006", args, tmp_path)
     root = tmp_path / "run" / "checkpoints"
     [tmp] = root.glob(".step_000006.tmp-*")
@@ -143,7 +143,7 @@ def test_a_kill_while_pruning_leaves_no_partial_checkpoint(
     corpus: SimpleNamespace, tmp_path: Path
 ) -> None:
     """Step 9's checkpoint is written, then step 3's deleted (keep_last=2): killed midway."""
-    args = cli_args(tiny_config(corpus, tmp_path / "run", steps=9))
+    args = cli_args(train_config(corpus, tmp_path / "run", steps=9))
     kill(run_until_paused("prune-mid-delete", args, tmp_path))
     main(["train", *args, "--checkpoint.resume", "auto"])  # nothing to train: recovery only
     root = tmp_path / "run" / "checkpoints"
@@ -157,7 +157,7 @@ def test_best_is_whole_after_a_kill_at_any_point_of_its_replacement(
 ) -> None:
     """best/ is written at step 4 and replaced at the end (step 8), after step_000008: the
     kill comes while it is replaced, and the resume (nothing left to train) finds it whole."""
-    cfg = tiny_config(corpus, tmp_path / "run", steps=8)
+    cfg = train_config(corpus, tmp_path / "run", steps=8)
     args = set_flags(cli_args(cfg), eval__interval="4", checkpoint__interval="4")
     kill(run_until_paused(point, args, tmp_path))
     main(["train", *args, "--checkpoint.resume", "auto"])  # nothing to train: recovery only
@@ -179,7 +179,7 @@ def test_resume_after_a_kill_keeps_samples_and_tensorboard_to_one_section_per_st
     ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     runs = {}
     for name in ("straight", "killed"):
-        args = cli_args(tiny_config(corpus, tmp_path / name, steps=12))
+        args = cli_args(train_config(corpus, tmp_path / name, steps=12))
         args = set_flags(args, eval__sample_interval="2", checkpoint__interval="5")
         runs[name] = [a for a in args if a != "--log.no-tensorboard"]
     assert launch(runs["straight"]).wait(timeout=300) == 0
@@ -206,7 +206,7 @@ def test_resume_after_a_kill_keeps_samples_and_tensorboard_to_one_section_per_st
 
 def six_steps_then_resume_args(corpus: SimpleNamespace, run: Path) -> list[str]:
     """Train 6 steps (checkpoints at 3 and 6); returns the CLI arguments resuming to step 9."""
-    args = cli_args(tiny_config(corpus, run, steps=6))
+    args = cli_args(train_config(corpus, run, steps=6))
     main(["train", *args])
     return [*set_flags(args, run__max_steps="9"), "--checkpoint.resume", "auto"]
 
@@ -242,6 +242,8 @@ def test_a_bad_resume_checkpoint_fails_before_the_model_is_built(
     def built(*a: object, **k: object) -> None:
         raise AssertionError("the model was built before the checkpoint was checked")
 
+    # Kept as patches: the order is train()'s own (the checkpoint read before step 4 builds
+    # anything), so the test needs the whole command; these tripwires only watch it.
     monkeypatch.setattr("gpt2repro.training.setup.GPT", built)
     monkeypatch.setattr("gpt2repro.training.setup.peak_flops_for", built)
     capsys.readouterr()
@@ -258,7 +260,7 @@ def test_a_bad_resume_checkpoint_fails_before_the_model_is_built(
 def test_a_diverging_run_stops_before_writing_a_checkpoint_or_a_sample(
     corpus: SimpleNamespace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = cli_args(tiny_config(corpus, tmp_path / "run", steps=12))
+    args = cli_args(train_config(corpus, tmp_path / "run", steps=12))
     args = set_flags(args, optim__lr="1e30", eval__sample_interval="2", checkpoint__interval="1")
     with pytest.raises(SystemExit) as exit_:
         main(["train", *args])

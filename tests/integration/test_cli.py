@@ -15,31 +15,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import assert_user_error, run_cli
 
 import gpt2repro
 from gpt2repro.checkpoint import save_checkpoint
-from gpt2repro.cli import main
 from gpt2repro.data.train_bpe import train_bpe
 from gpt2repro.model import GPT, GPTConfig
 from gpt2repro.tokenizer import load_tokenizer
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(args)
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_user_error(code: int, err: str, *needles: str) -> None:
-    assert code != 0
-    assert err.startswith("error: ")
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in err, err
 
 
 def test_console_script_and_module_entry_points() -> None:

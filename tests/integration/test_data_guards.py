@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import assert_user_error, run_cli, train_config
 
 import gpt2repro.training.loop as train_module
 from gpt2repro.checkpoint import save_checkpoint
@@ -20,9 +21,6 @@ from gpt2repro.data.prepare import prepare_dataset
 from gpt2repro.data.train_bpe import train_bpe
 from gpt2repro.model import GPT, GPTConfig
 from gpt2repro.tokenizer import EOT, load_tokenizer, valid_utf8
-
-from .test_cli import assert_user_error, run_cli
-from .test_train import tiny_config
 
 # The documents where a byte recount could go wrong: multi-byte characters, CRLF, the
 # literal "<|endoftext|>" (ordinary text, not the separator), an empty document, and in
@@ -109,7 +107,7 @@ def test_training_refuses_a_wrong_val_token_count_at_start(
     corpus: SimpleNamespace, tmp_path: Path
 ) -> None:
     bad = damaged_copy(corpus.data_dir, tmp_path / "data", "tokens")
-    cfg = tiny_config(SimpleNamespace(**{**vars(corpus), "data_dir": bad}), tmp_path / "run", 4)
+    cfg = train_config(SimpleNamespace(**{**vars(corpus), "data_dir": bad}), tmp_path / "run", 4)
     with pytest.raises(ValueError, match=rf"split 'val' lists shards with .*data verify {bad}"):
         train_module.train(cfg)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # before the first step
@@ -119,7 +117,7 @@ def test_training_with_a_wrong_byte_count_stops_before_step_1(
     corpus: SimpleNamespace, tmp_path: Path
 ) -> None:
     bad = damaged_copy(corpus.data_dir, tmp_path / "data", "bytes")
-    cfg = tiny_config(SimpleNamespace(**{**vars(corpus), "data_dir": bad}), tmp_path / "run", 4)
+    cfg = train_config(SimpleNamespace(**{**vars(corpus), "data_dir": bad}), tmp_path / "run", 4)
     with pytest.raises(ValueError, match=rf"UTF-8 bytes.*data verify {bad}"):
         train_module.train(cfg)
     # Refused while setting up: no step ran, so no bits per byte was ever logged.

@@ -1,9 +1,9 @@
 """Training end to end on a tiny local corpus: exact resume after SIGKILL, SIGTERM checkpoints,
-non-finite steps, run-directory records, dry runs."""
+non-finite steps, run-directory records, dry runs. Faults enter through a part of the run
+(`helpers.run_with_parts`), not a patched loop."""
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -13,143 +13,41 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 import torch
+from helpers import (
+    cli_args,
+    launch,
+    run_with_parts,
+    train_config,
+    train_losses,
+    train_rows,
+    wait_for,
+)
 from safetensors.torch import load_file
 
 import gpt2repro.training.loop as train_module
 from gpt2repro.checkpoint import load_model
-from gpt2repro.config import (
-    BatchConfig,
-    CheckpointConfig,
-    DataConfig,
-    EvalConfig,
-    LogConfig,
-    OptimConfig,
-    RunConfig,
-    StabilityConfig,
-    TrainConfig,
-)
+from gpt2repro.config import StabilityConfig, TrainConfig
 from gpt2repro.distributed import DistInfo
 from gpt2repro.evaluation.hellaswag import hellaswag_eval, load_examples
-from gpt2repro.model import GPTConfig
 from gpt2repro.run_dir import RunDir
 from gpt2repro.training.optimizer import lr_at
-from gpt2repro.training.stability import is_bad_step
-
-
-def tiny_config(corpus: SimpleNamespace, out_dir: Path, steps: int = 12) -> TrainConfig:
-    return TrainConfig(
-        # Dropout on, so resuming must restore the torch RNG to reproduce the run.
-        model=GPTConfig(vocab_size=300, block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.1),
-        data=DataConfig(
-            dataset=str(corpus.data_dir), data_root=corpus.root / "data", tokenizer=corpus.tokenizer
-        ),
-        optim=OptimConfig(lr=3e-3, min_lr=3e-4, warmup_steps=3),
-        batch=BatchConfig(tokens_per_step=4 * 32 * 2, micro_batch=4, seq_len=32),
-        run=RunConfig(max_steps=steps, device="cpu", dtype="fp32", out_dir=out_dir, seed=7),
-        eval=EvalConfig(interval=4, val_tokens=512, sample_interval=6, sample_tokens=8),
-        checkpoint=CheckpointConfig(interval=3, keep_last=2),
-        log=LogConfig(interval=1, tensorboard=True),
-    )
-
-
-def cli_args(cfg: TrainConfig) -> list[str]:
-    """The same config as command-line overrides (exercises the typed override parser too)."""
-    m, b, r = cfg.model, cfg.batch, cfg.run
-    return [
-        "--model.vocab-size",
-        str(m.vocab_size),
-        "--model.block-size",
-        str(m.block_size),
-        "--model.n-layer",
-        str(m.n_layer),
-        "--model.n-head",
-        str(m.n_head),
-        "--model.n-embd",
-        str(m.n_embd),
-        "--model.dropout",
-        str(m.dropout),
-        "--data.dataset",
-        cfg.data.dataset,
-        "--data.data-root",
-        str(cfg.data.data_root),
-        "--data.tokenizer",
-        cfg.data.tokenizer,
-        "--optim.lr",
-        str(cfg.optim.lr),
-        "--optim.min-lr",
-        str(cfg.optim.min_lr),
-        "--optim.warmup-steps",
-        str(cfg.optim.warmup_steps),
-        "--batch.tokens-per-step",
-        str(b.tokens_per_step),
-        "--batch.micro-batch",
-        str(b.micro_batch),
-        "--batch.seq-len",
-        str(b.seq_len),
-        "--run.max-steps",
-        str(r.max_steps),
-        "--run.device",
-        "cpu",
-        "--run.dtype",
-        "fp32",
-        "--run.out-dir",
-        str(r.out_dir),
-        "--run.seed",
-        str(r.seed),
-        "--eval.interval",
-        "0",
-        "--eval.sample-interval",
-        "0",
-        "--checkpoint.interval",
-        str(cfg.checkpoint.interval),
-        "--log.interval",
-        "1",
-        "--log.no-tensorboard",
-    ]
-
-
-def launch(args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "gpt2repro", "train", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def train_rows(run_dir: Path) -> list[dict[str, Any]]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if r["kind"] == "train"]
-
-
-def train_losses(run_dir: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in train_rows(run_dir)}
 
 
 def final_weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / "checkpoints" / f"step_{step:06d}" / "model.safetensors"))
 
 
-def wait_for(predicate: object, proc: subprocess.Popen[str], timeout: float = 120.0) -> None:
-    deadline = time.time() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert proc.poll() is None, f"run ended early: {proc.communicate()[1][-2000:]}"
-        assert time.time() < deadline, "timed out waiting for the run"
-        time.sleep(0.02)
-
-
 def test_sigkill_then_resume_is_bit_exact(corpus: SimpleNamespace, tmp_path: Path) -> None:
     steps = 40
-    straight = tiny_config(corpus, tmp_path / "straight", steps)
+    straight = train_config(corpus, tmp_path / "straight", steps)
     straight.checkpoint.interval = 5
     proc = launch(cli_args(straight))
     assert proc.wait(timeout=300) == 0, proc.communicate()[1][-2000:]
 
-    interrupted = tiny_config(corpus, tmp_path / "killed", steps)
+    interrupted = train_config(corpus, tmp_path / "killed", steps)
     interrupted.checkpoint.interval = 5
     proc = launch(cli_args(interrupted))
     first = tmp_path / "killed" / "checkpoints" / "step_000005"
@@ -177,7 +75,7 @@ def test_sigkill_then_resume_is_bit_exact(corpus: SimpleNamespace, tmp_path: Pat
 def test_sigterm_writes_a_checkpoint_and_resume_continues(
     corpus: SimpleNamespace, tmp_path: Path
 ) -> None:
-    cfg = tiny_config(corpus, tmp_path / "run", steps=100_000)
+    cfg = train_config(corpus, tmp_path / "run", steps=100_000)
     cfg.checkpoint.interval = 0
     proc = launch(cli_args(cfg))
     metrics = tmp_path / "run" / "metrics.jsonl"
@@ -202,7 +100,7 @@ def test_sigterm_writes_a_checkpoint_and_resume_continues(
 
 
 def test_run_directory_records_everything(corpus: SimpleNamespace, tmp_path: Path) -> None:
-    cfg = tiny_config(corpus, tmp_path / "run", steps=12)
+    cfg = train_config(corpus, tmp_path / "run", steps=12)
     result = train_module.train(cfg)
     run = tmp_path / "run"
     assert result.stopped_by == "finished" and result.state.step == 12
@@ -239,7 +137,7 @@ def test_run_directory_records_everything(corpus: SimpleNamespace, tmp_path: Pat
 
 def eight_steps_saved_at_5_and_8(corpus: SimpleNamespace, run_dir: Path) -> TrainConfig:
     """A finished 8-step run with checkpoints at steps 5 and 8; returns its config."""
-    cfg = tiny_config(corpus, run_dir, steps=8)
+    cfg = train_config(corpus, run_dir, steps=8)
     cfg.checkpoint.interval, cfg.eval.interval, cfg.log.tensorboard = 5, 0, False
     train_module.train(cfg)
     return cfg
@@ -272,74 +170,69 @@ def test_resuming_earlier_sets_the_later_checkpoints_aside(
     assert RunDir(tmp_path / "run").find_resume("auto") == root / "step_000006"
 
 
-def test_non_finite_steps_are_skipped_then_stop(
-    corpus: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real_step = train_module.train_step
-    calls = {"n": 0}
+class PoisonedAfter(torch.nn.Module):
+    """The run's model, wrapped (as DDP wraps it: `unwrap` finds the GPT in `.module`), whose
+    training loss is NaN after its first `good` micro-batches, as a bad batch makes it.
+    Evaluation and the divergence check read the GPT's own, finite loss."""
 
-    def poisoned(*args):  # type: ignore[no-untyped-def]
-        loss, norm = real_step(*args)
-        calls["n"] += 1
-        if calls["n"] > 6:  # steps 7, 8, 9 produce NaN
-            return loss * float("nan"), norm
-        return loss, norm
+    def __init__(self, module: torch.nn.Module, good: int) -> None:
+        super().__init__()
+        self.module, self.good, self.calls = module, good, 0
 
-    real_apply = train_module.apply_step
-    skipped: list[int] = []
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = self.module(x, y)
+        if self.training:
+            self.calls += 1
+            if self.calls > self.good:
+                return loss * float("nan")
+        return loss
 
-    def checked_apply(s, state, loss, norm, spike):  # type: ignore[no-untyped-def]
-        params = [p.detach().clone() for p in s.model.parameters()]
-        moments = copy.deepcopy(s.optimizer.state_dict()["state"])
-        applied = real_apply(s, state, loss, norm, spike)
-        if not applied:  # a skipped step leaves weights and AdamW state bit-identical
-            skipped.append(state.step + 1)
-            after = s.optimizer.state_dict()["state"]
-            assert all(torch.equal(a, p) for a, p in zip(params, s.model.parameters(), strict=True))
-            assert moments.keys() == after.keys() and moments  # AdamW has stepped before
-            for pid, entry in moments.items():
-                for key in ("exp_avg", "exp_avg_sq", "step"):
-                    assert torch.equal(entry[key], after[pid][key]), (pid, key)
-        return applied
 
-    monkeypatch.setattr(train_module, "train_step", poisoned)
-    monkeypatch.setattr(train_module, "apply_step", checked_apply)
-    cfg = tiny_config(corpus, tmp_path / "run", steps=20)
+def test_non_finite_steps_are_skipped_then_stop(corpus: SimpleNamespace, tmp_path: Path) -> None:
+    # The whole loop: skipping, the streak that stops the run and what it keeps on disk are
+    # the loop's doing. (A skipped step's weights and AdamW moments: tests/unit/test_stability.py.)
+    cfg = train_config(corpus, tmp_path / "run", steps=20)
     cfg.stability = StabilityConfig(max_bad_steps=3)
     cfg.eval.interval = 0
-    result = train_module.train(cfg)
+    accum = cfg.grad_accum_steps(1)
+    result = run_with_parts(cfg, model=lambda m: PoisonedAfter(m, good=6 * accum))  # 7, 8, 9 NaN
     assert result.stopped_by == "unstable"
     assert result.state.skipped_steps == 3 and result.state.step == 9
-    assert skipped == [7, 8, 9]
+    # Logged after every step: steps 7, 8 and 9 are the skipped ones.
+    skipped = [(r["step"], r["skipped"]) for r in train_rows(tmp_path / "run")]
+    assert skipped == [(step, max(0, step - 6)) for step in range(1, 10)]
     good = tmp_path / "run" / "checkpoints" / "step_000006"
     assert json.loads((good / "meta.json").read_text())["step"] == 6
     assert not (tmp_path / "run" / "checkpoints" / "step_000009").exists()
 
 
+class SlowToEvaluate(torch.nn.Module):
+    """The run's model, wrapped (`unwrap` finds the GPT in `.module`), whose every evaluation
+    forward moves the clock `clock` on by `pause` seconds instead of sleeping."""
+
+    def __init__(self, module: torch.nn.Module, clock: list[float], pause: float) -> None:
+        super().__init__()
+        self.module, self.clock, self.pause = module, clock, pause
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            self.clock[0] += self.pause
+        return self.module(x, y)
+
+
 def test_throughput_excludes_evaluation_time(
     corpus: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_evaluate, real_clock = train_module.evaluate, time.perf_counter
+    # The whole loop: which seconds the logged rate divides by is the loop's bookkeeping.
+    real_clock = time.perf_counter
     pause = 1000.0  # seconds an evaluation seems to take: far beyond any training step
     skipped = [0.0]
-
-    def clock() -> float:
-        return real_clock() + skipped[0]
-
-    def slow_evaluate(*args):  # type: ignore[no-untyped-def]
-        skipped[0] += pause  # the clock jumps instead of sleeping: no timing in the test
-        return real_evaluate(*args)
-
-    monkeypatch.setattr(time, "perf_counter", clock)
-    monkeypatch.setattr(train_module, "evaluate", slow_evaluate)
-    cfg = tiny_config(corpus, tmp_path / "run", steps=8)
+    monkeypatch.setattr(time, "perf_counter", lambda: real_clock() + skipped[0])
+    cfg = train_config(corpus, tmp_path / "run", steps=8)
     cfg.log.interval, cfg.eval.interval, cfg.eval.sample_interval = 4, 4, 0
     cfg.log.tensorboard = False
-    train_module.train(cfg)
-    rows = [
-        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    ]
-    train = {r["step"]: r for r in rows if r["kind"] == "train"}
+    run_with_parts(cfg, model=lambda m: SlowToEvaluate(m, skipped, pause))
+    train = {r["step"]: r for r in train_rows(tmp_path / "run")}
     assert skipped[0] >= pause  # the evaluation at step 4 ran
     # The time steps 5-8 were measured over, from their rate: they follow the evaluation at
     # step 4, and counted in, it would add `pause`.
@@ -353,16 +246,6 @@ def test_stop_request_records_the_signal() -> None:
         with train_module.StopRequest() as stop:
             os.kill(os.getpid(), sig)
             assert stop.requested and stop.signum == sig
-
-
-def test_spike_detection() -> None:
-    recent = [3.0 + 0.01 * (i % 5) for i in range(30)]
-    assert not is_bad_step(3.05, 1.0, recent, 4.0, scaled=False)
-    assert is_bad_step(3.5, 1.0, recent, 4.0, scaled=False)
-    assert not is_bad_step(3.5, 1.0, recent, None, scaled=False)  # off
-    assert is_bad_step(float("inf"), 1.0, recent, 4.0, scaled=False)
-    assert is_bad_step(3.0, float("nan"), recent, 4.0, scaled=False)
-    assert not is_bad_step(3.0, float("nan"), recent, 4.0, scaled=True)
 
 
 @pytest.mark.parametrize("preset", ["shakespeare_cpu", "gpt2_124m_fineweb_edu", "gpt2_1558m"])
@@ -439,7 +322,7 @@ def test_hellaswag_runs_at_each_evaluation(corpus: SimpleNamespace, tmp_path: Pa
     ]
     path = tmp_path / "hellaswag_val.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = tiny_config(corpus, tmp_path / "run", steps=8)
+    cfg = train_config(corpus, tmp_path / "run", steps=8)
     cfg.eval.hellaswag, cfg.eval.hellaswag_path = True, path
     train_module.train(cfg)
     records = [

@@ -4,6 +4,7 @@ evaluation saves first, resuming past the end is refused, stops say how to conti
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import shlex
@@ -11,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from helpers import run_with_parts, train_config
 
 import gpt2repro.evaluation.hellaswag as hellaswag
 import gpt2repro.training.loop as train_module
@@ -21,11 +23,10 @@ from gpt2repro.data.locate import locate
 from gpt2repro.data.manifest import read_manifest
 from gpt2repro.data.prepare import prepare_dataset
 from gpt2repro.distributed import DistInfo
+from gpt2repro.metrics import MetricsWriter
 from gpt2repro.tokenizer import Tokenizer
 from gpt2repro.training.ensure_data import prepare_missing
 from gpt2repro.training.plan import dry_run_report
-
-from .test_train import tiny_config
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +58,7 @@ def snapshot(run_dir: Path) -> dict[str, bytes]:
 
 def finished_run(corpus: SimpleNamespace, run_dir: Path, steps: int) -> TrainConfig:
     """A tiny run of `steps` steps, trained to the end; returns its config."""
-    cfg = tiny_config(corpus, run_dir, steps=steps)
+    cfg = train_config(corpus, run_dir, steps=steps)
     cfg.log.tensorboard = False
     train_module.train(cfg)
     return cfg
@@ -71,7 +72,7 @@ def test_rerun_moves_the_old_run_aside(
     assert {"checkpoints/step_000009/meta.json", "checkpoints/best/meta.json"} <= before.keys()
     capsys.readouterr()
 
-    again = tiny_config(corpus, run, steps=3)  # a shorter, worse run into the same out_dir
+    again = train_config(corpus, run, steps=3)  # a shorter, worse run into the same out_dir
     again.log.tensorboard = False
     result = train_module.train(again)
     out = capsys.readouterr().out
@@ -109,11 +110,11 @@ def test_resuming_past_the_end_is_refused_and_at_the_end_trains_nothing(
 
 
 def test_dry_run_checks_what_the_run_checks(corpus: SimpleNamespace, tmp_path: Path) -> None:
-    cfg = tiny_config(corpus, tmp_path / "run")
+    cfg = train_config(corpus, tmp_path / "run")
     cfg.data.tokenizer = "train:abc"
     with pytest.raises(ValueError, match=r"data\.tokenizer='train:abc'"):
         dry_run_report(cfg)
-    cfg = tiny_config(corpus, tmp_path / "run")
+    cfg = train_config(corpus, tmp_path / "run")
     cfg.checkpoint.resume = str(tmp_path / "nonexistent")
     with pytest.raises(ValueError, match="no checkpoint there"):
         dry_run_report(cfg)
@@ -124,7 +125,7 @@ def test_dry_run_checks_what_the_run_checks(corpus: SimpleNamespace, tmp_path: P
 def test_time_limit_stops_with_a_checkpoint_and_says_how_to_continue(
     corpus: SimpleNamespace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cfg = tiny_config(corpus, tmp_path / "run", steps=1000)
+    cfg = train_config(corpus, tmp_path / "run", steps=1000)
     cfg.run.max_minutes = 1e-9  # past after the first step
     cfg.log.tensorboard = False
     cfg.eval.interval = cfg.eval.sample_interval = 1
@@ -150,25 +151,31 @@ def test_time_limit_stops_with_a_checkpoint_and_says_how_to_continue(
     assert snapshot(cfg.run.out_dir) == before
 
 
-def test_failed_evaluation_saves_first(
-    corpus: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real_evaluate = train_module.evaluate
+class FullDiskAtStep:
+    """The run's metrics writer, but writing the validation record of step `step` fails as a
+    full disk does; everything else is the writer's own."""
 
-    def broken_at_8(*args):  # type: ignore[no-untyped-def]
-        state = args[-1]
-        if state.step == 8:
-            raise OSError("No space left on device")
-        return real_evaluate(*args)
+    def __init__(self, writer: MetricsWriter, step: int) -> None:
+        self.writer, self.step = writer, step
 
-    monkeypatch.setattr(train_module, "evaluate", broken_at_8)
-    cfg = tiny_config(corpus, tmp_path / "run", steps=12)
+    def write(self, record: dict[str, object]) -> None:
+        if record["kind"] == "val" and record["step"] == self.step:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.writer.write(record)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.writer, name)
+
+
+def test_failed_evaluation_saves_first(corpus: SimpleNamespace, tmp_path: Path) -> None:
+    # The whole loop: that it saves before it stops, and that the resume finishes, are the
+    # loop's doing. The fault comes in through a part (the writer), not a patched loop.
+    cfg = train_config(corpus, tmp_path / "run", steps=12)
     cfg.checkpoint.interval, cfg.log.tensorboard = 0, False
     with pytest.raises(OSError, match="No space left"):
-        train_module.train(cfg)
+        run_with_parts(cfg, writer=lambda w: FullDiskAtStep(w, 8))
     saved = tmp_path / "run" / "checkpoints" / "step_000008"
     assert json.loads((saved / "meta.json").read_text())["step"] == 8
-    monkeypatch.setattr(train_module, "evaluate", real_evaluate)
     cfg.checkpoint.resume = "auto"
     result = train_module.train(cfg)
     assert result.stopped_by == "finished" and result.state.step == 12
@@ -179,7 +186,7 @@ def test_hellaswag_is_checked_before_anything_is_written(
 ) -> None:
     monkeypatch.setattr(hellaswag, "cache_dir", lambda: tmp_path / "cache")
     monkeypatch.setattr(hellaswag, "HELLASWAG_URL", "http://127.0.0.1:9/hellaswag_val.jsonl")
-    cfg = tiny_config(corpus, tmp_path / "run", steps=4)
+    cfg = train_config(corpus, tmp_path / "run", steps=4)
     cfg.eval.hellaswag = True
     with pytest.raises(ConnectionError) as err:
         train_module.train(cfg)
@@ -259,7 +266,7 @@ def test_real_prepare_then_train_by_name(corpus: SimpleNamespace, tmp_path: Path
         workers=1,
         progress=False,
     )
-    cfg = tiny_config(corpus, tmp_path / "run", steps=2)
+    cfg = train_config(corpus, tmp_path / "run", steps=2)
     cfg.data = DataConfig("tiny", tmp_path / "d", corpus.tokenizer)
     cfg.eval.interval, cfg.log.tensorboard = 0, False
     assert train_module.train(cfg).state.step == 2
@@ -289,10 +296,10 @@ def test_resume_with_another_micro_batch_trains_on_the_same_windows(
 ) -> None:
     """Micro-batch 4 x 2 accumulation steps, resumed at step 3 as 2 x 4: the same windows
     make each optimizer step, so the losses are the uninterrupted run's (summation order aside)."""
-    straight = tiny_config(corpus, tmp_path / "straight", steps=6)
+    straight = train_config(corpus, tmp_path / "straight", steps=6)
     straight.model.dropout, straight.log.tensorboard = 0.0, False  # masks depend on the shapes
     train_module.train(straight)
-    cfg = tiny_config(corpus, tmp_path / "resumed", steps=6)
+    cfg = train_config(corpus, tmp_path / "resumed", steps=6)
     cfg.model.dropout, cfg.log.tensorboard, cfg.batch.micro_batch = 0.0, False, 2
     cfg.checkpoint.resume = str(tmp_path / "straight" / "checkpoints" / "step_000003")
     capsys.readouterr()
@@ -310,7 +317,7 @@ def test_resume_with_another_micro_batch_trains_on_the_same_windows(
 def test_damaged_newest_checkpoint_names_the_file_and_an_older_one(
     corpus: SimpleNamespace, tmp_path: Path, damaged: str
 ) -> None:
-    cfg = tiny_config(corpus, tmp_path / "run", steps=6)
+    cfg = train_config(corpus, tmp_path / "run", steps=6)
     cfg.eval.interval, cfg.log.tensorboard = 0, False
     train_module.train(cfg)
     root = tmp_path / "run" / "checkpoints"
@@ -329,11 +336,11 @@ def test_damaged_newest_checkpoint_names_the_file_and_an_older_one(
 def test_sample_settings_are_checked_before_anything_is_written(
     corpus: SimpleNamespace, tmp_path: Path
 ) -> None:
-    cfg = tiny_config(corpus, tmp_path / "run", steps=2)
+    cfg = train_config(corpus, tmp_path / "run", steps=2)
     cfg.eval.sample_tokens = 0
     with pytest.raises(ValueError, match=r"eval\.sample_tokens=0 must be >= 1"):
         train_module.train(cfg)
-    cfg = tiny_config(corpus, tmp_path / "run", steps=2)
+    cfg = train_config(corpus, tmp_path / "run", steps=2)
     cfg.eval.sample_prompt = "speak " * 40  # over 32 tokens, the model's context
     with pytest.raises(ValueError, match=r"longer than model\.block_size=32"):
         train_module.train(cfg)
@@ -342,7 +349,7 @@ def test_sample_settings_are_checked_before_anything_is_written(
 
 def test_too_small_val_split_names_the_flags(corpus: SimpleNamespace, tmp_path: Path) -> None:
     seq_len = Windows(corpus.data_dir, "val", 1).total + 1  # one token more than the split has
-    cfg = tiny_config(corpus, tmp_path / "run", steps=2)
+    cfg = train_config(corpus, tmp_path / "run", steps=2)
     cfg.model.block_size = cfg.batch.seq_len = cfg.batch.tokens_per_step = seq_len
     cfg.batch.micro_batch, cfg.eval.val_tokens = 1, seq_len
     with pytest.raises(ValueError) as err:

@@ -9,21 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt2repro.checkpoint import (
-    is_checkpoint,
-    load_model,
-    load_train_state,
-    restore_train_checkpoint,
-    restore_weights,
-    rng_state,
-    save_checkpoint,
-    save_train_checkpoint,
-    set_rng_state,
-)
+from gpt2repro.checkpoint import is_checkpoint, load_model, restore_weights, save_checkpoint
 from gpt2repro.distributed import DistInfo
 from gpt2repro.model import GPT
 from gpt2repro.run_dir import RunDir, fallback_advice
 from gpt2repro.tokenizer import GPT2Tokenizer
+from gpt2repro.train_state import (
+    load_train_state,
+    restore_train_checkpoint,
+    rng_state,
+    save_train_checkpoint,
+    set_rng_state,
+)
 
 
 def test_round_trip_is_bit_exact(tiny_model: GPT, tmp_path: Path) -> None:

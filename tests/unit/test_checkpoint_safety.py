@@ -15,15 +15,11 @@ import pytest
 import torch
 
 from gpt2repro.atomic import atomic_directory, process_record, recover_directories
-from gpt2repro.checkpoint import (
-    DamagedCheckpoint,
-    check_files,
-    load_train_state,
-    save_train_checkpoint,
-)
+from gpt2repro.checkpoint import DamagedCheckpoint
 from gpt2repro.metrics import MetricsWriter
 from gpt2repro.model import GPT
 from gpt2repro.tokenizer import GPT2Tokenizer
+from gpt2repro.train_state import check_files, load_train_state, save_train_checkpoint
 
 
 def train_checkpoint(model: GPT, path: Path) -> Path:

@@ -12,17 +12,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from gpt2repro.checkpoint import (
-    load_model,
+from gpt2repro.checkpoint import load_model, read_meta, restore_weights
+from gpt2repro.model import GPT, GPTConfig
+from gpt2repro.train_state import (
     load_train_state,
-    read_meta,
     restore_train_checkpoint,
-    restore_weights,
     rng_state,
     set_rng_state,
     upgrade_state,
 )
-from gpt2repro.model import GPT, GPTConfig
 from gpt2repro.training.optimizer import set_lr
 
 # GPTConfig's fields before ffd9590: the shape of a classic GPT-2 and nothing else.

@@ -15,11 +15,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from gpt2repro.checkpoint import restore_train_checkpoint, save_train_checkpoint
 from gpt2repro.config import OptimConfig, StabilityConfig
 from gpt2repro.model import GPT, GPTConfig
 from gpt2repro.parallelize import resolve_dtype
 from gpt2repro.tokenizer import GPT2Tokenizer
+from gpt2repro.train_state import restore_train_checkpoint, save_train_checkpoint
 from gpt2repro.training.optimizer import build_optimizer
 from gpt2repro.training.stability import apply_step
 from gpt2repro.training.state import TrainState

@@ -13,6 +13,7 @@ from gpt2repro.config import BatchConfig
 from gpt2repro.data.loader import TokenLoader
 from gpt2repro.distributed import print0
 from gpt2repro.run_dir import fallback_advice
+from gpt2repro.train_state import restore_train_checkpoint, save_train_checkpoint
 from gpt2repro.training.setup import Inputs, Outputs, Runtime, Trainee
 from gpt2repro.training.stability import Diverged, non_finite
 from gpt2repro.training.state import TrainState
@@ -31,9 +32,7 @@ def save(
     meta = {"step": state.step, "train_state": asdict(state), "loader": loader.state_dict()}
     meta["config"] = json.loads(out.config_json)
     t = trainee
-    ckpt.save_train_checkpoint(
-        path, t.model, inputs.tokenizer, t.optimizer, t.scaler, meta, rt.dist
-    )
+    save_train_checkpoint(path, t.model, inputs.tokenizer, t.optimizer, t.scaler, meta, rt.dist)
     return path
 
 
@@ -65,7 +64,7 @@ def resume(
     that its weights still compute (the later checks take it as good)."""
     t = trainee
     try:
-        meta = ckpt.restore_train_checkpoint(source, t.model, t.optimizer, t.scaler, rt.dist)
+        meta = restore_train_checkpoint(source, t.model, t.optimizer, t.scaler, rt.dist)
     except ckpt.DamagedCheckpoint as e:  # every rank reads the same files, so all raise
         raise ckpt.DamagedCheckpoint(f"{e} {fallback_advice(source)}") from None
     if what := non_finite(t.model, inputs, batch, rt):  # a run that saved whatever it had
