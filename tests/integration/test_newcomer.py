@@ -10,8 +10,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from helpers import run_cli
 
-from gpt2repro.cli import main
 from gpt2repro.config import (
     BatchConfig,
     CheckpointConfig,
@@ -24,16 +24,6 @@ from gpt2repro.config import (
 )
 from gpt2repro.model import GPTConfig
 from gpt2repro.training.loop import train
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(args)
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_error_line(code: int, err: str, *needles: str) -> None:
