@@ -131,9 +131,12 @@ def _print_summary(result: Any) -> None:
         )
     if result.checkpoint is not None:
         print(f"checkpoint: {result.checkpoint}")
-    for name in ("samples.txt", "loss.png", "metrics.jsonl"):
-        if (result.run_dir / name).exists():
-            print(f"{name}: {result.run_dir / name}")
+    from gpt2repro.run_dir import RunDir
+
+    run = RunDir(result.run_dir)
+    for path in (run.samples, run.loss_plot, run.metrics):
+        if path.exists():
+            print(f"{path.name}: {path}")
 
 
 # A table, not tyro's subcommands: tyro's dispatch made `--help` 1.4x slower (0.10 -> 0.14 s,

@@ -184,11 +184,6 @@ class MuonAdamW(torch.optim.Optimizer):
             offset += n
 
 
-def lr_factor(step: int, cfg: OptimConfig, max_steps: int) -> float:
-    """The schedule's multiplier of every group's peak learning rate at step `step` (0-based)."""
-    return lr_at(step, cfg, max_steps) / cfg.lr
-
-
 def lr_at(step: int, cfg: OptimConfig, max_steps: int) -> float:
     """Learning rate (of a group whose peak is cfg.lr) for optimizer step `step` (0-based).
 
