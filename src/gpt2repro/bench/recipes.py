@@ -87,9 +87,11 @@ def spread(values: list[float]) -> dict[str, Any]:
     }
 
 
-def _run(
+def scored_run(
     cfg: TrainConfig, out_dir: Path, seed: int, steps: int, budget: float | None, evals: int
 ) -> Path:
+    """`cfg` trained for `steps` (and at most about `budget` seconds), scored on the whole
+    held-out split `evals` times; its run directory."""
     cfg = replace(cfg, run=replace(cfg.run, out_dir=out_dir, seed=seed, max_steps=steps))
     cfg.run.max_minutes = TIME_SLACK * budget / 60 if budget is not None else None
     cfg.eval = replace(
@@ -124,14 +126,14 @@ def bench_recipes(
     runs: dict[str, list[Path]] = {"classic": [], "modern": []}
     for seed in range(seeds):
         out = out_root / "classic" / f"seed{seed}"
-        runs["classic"].append(_run(base, out, seed, base.run.max_steps, None, evals))
+        runs["classic"].append(scored_run(base, out, seed, base.run.max_steps, None, evals))
     classic_final = [val_curve(p)[-1] for p in runs["classic"]]
     budget = statistics.median(s for s, _ in classic_final)
     target = statistics.median(b for _, b in classic_final)
     steps = sized_steps(modern(), out_root / "modern_probe", budget, probe_steps)
     for seed in range(seeds):
         out = out_root / "modern" / f"seed{seed}"
-        runs["modern"].append(_run(modern(), out, seed, steps, budget, evals))
+        runs["modern"].append(scored_run(modern(), out, seed, steps, budget, evals))
     curves = {name: [val_curve(p) for p in paths] for name, paths in runs.items()}
     reach = [time_to_target(c, target) for c in curves["modern"]]
     reached = [r for r in reach if r is not None]
@@ -176,7 +178,7 @@ def _ablation(
     rows = []
     for i, (name, cfg) in enumerate(ablation_steps(classic, modern)):
         steps = sized_steps(cfg, root / f"probe{i}", budget, probe_steps)
-        curve = val_curve(_run(cfg, root / f"step{i}", 0, steps, budget, evals))
+        curve = val_curve(scored_run(cfg, root / f"step{i}", 0, steps, budget, evals))
         rows.append(
             {"variant": name, "steps": steps, "train_seconds": curve[-1][0], "bpb": curve[-1][1]}
         )

@@ -135,14 +135,20 @@ def open_inputs(cfg: TrainConfig, rt: Runtime) -> tuple[TrainConfig, Inputs]:
 
 
 def build_model(cfg: TrainConfig, rt: Runtime) -> GPT:
-    """The GPT, built on the meta device (shapes only, no memory, no random draws), then
-    materialised on the run's device and initialised once from the run's seed."""
+    """The GPT, built on the meta device (shapes only, no memory), then materialised on the
+    run's device and initialised from the run's seed."""
     with torch.device("meta"):
         gpt = GPT(cfg.model)
     gpt.to_empty(device=rt.device)
     if cfg.model.tie_embeddings:
         gpt.lm_head.weight = gpt.transformer.wte.weight  # to_empty() broke the tie
     seed_everything(cfg.run.seed)  # the same on every rank: FSDP shards each rank's own copy
+    # torch's default init first, in construction order, as a model built directly on the
+    # device would draw it: the seed's stream then reaches init_weights at the same point,
+    # so a seed gives the same weights (and results) as before the meta-device build.
+    for module in gpt.modules():
+        if module is not gpt and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
     gpt.init_weights()
     return gpt
 
