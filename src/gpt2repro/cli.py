@@ -103,6 +103,12 @@ def run_train(argv: list[str]) -> None:
         description=description,
     )
     cfg, dry_run = parsed.config, parsed.dry_run
+    if cfg.init.source is not None:
+        from gpt2repro.training.init_from import adopt_source
+
+        # Before the plan too: a fine-tune's shape and tokenizer are its source's.
+        quiet = not dist_info_from_env().is_main  # under torchrun, one note, not one per rank
+        cfg = adopt_source(cfg, baseline=train_preset(preset), quiet=quiet)
     if dry_run:
         from gpt2repro.training.plan import dry_run_report
 

@@ -13,7 +13,9 @@ import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+import tyro
 
 from gpt2repro.model import GPTConfig
 
@@ -30,6 +32,18 @@ class DataConfig:
     """gpt2, a tokenizer .json file, or `train:N` to train an N-token byte-level BPE on the training split."""
     prepare_if_missing: bool = True
     """Run `gpt2repro prepare` for the dataset when it has not been prepared yet."""
+
+
+@dataclass
+class InitConfig:
+    """Where the weights start: a fresh initialisation from run.seed, or a trained model.
+
+    Its own section, not a GPTConfig field, so the architecture stored in checkpoints stays
+    architecture only; the command line still spells it `--model.init-from`.
+    """
+
+    source: Annotated[str | None, tyro.conf.arg(name="model.init-from", prefix_name=False)] = None
+    """Fine-tune from this model (None: train from scratch): gpt2 ... gpt2-xl, an exported Hugging Face directory, a checkpoint directory or a training run's directory. The run takes its architecture and tokenizer; --model.block-size may only shrink, --model.dropout is free."""
 
 
 @dataclass
@@ -282,6 +296,7 @@ class TrainConfig:
     """Everything a training run needs; presets.py holds named instances."""
 
     model: GPTConfig = field(default_factory=GPTConfig)
+    init: InitConfig = field(default_factory=InitConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)

@@ -1,9 +1,13 @@
-"""Curves from run directories' metrics.jsonl, as PNG files: loss and HellaSwag, runs overlaid.
+"""Curves from run directories' metrics.jsonl, as PNG files: loss, HellaSwag and CORE, runs overlaid.
 
 Reference lines are published scores of OpenAI's GPT-2 and the GPT-3 paper's small model.
 A validation loss reference only means something on the same validation text with the
 same tokenizer, so by default (`auto`) a loss line is drawn only for runs on that dataset
-with GPT-2's tokenizer; HellaSwag lines are always drawn.
+with GPT-2's tokenizer; HellaSwag and CORE lines are always drawn.
+
+CORE points come from metrics.jsonl records of kind "core" ({"step", "tokens", "core"};
+training does not write them yet) and from the results `gpt2repro eval CHECKPOINT
+--tasks core` writes into a run's checkpoints, at the tokens each checkpoint had seen.
 """
 
 from __future__ import annotations
@@ -40,9 +44,22 @@ HELLASWAG_REFERENCES = (
     Reference("OpenAI GPT-2 124M", 0.2955, None),  # llm.c, completion style, acc_norm
     Reference("GPT-3 124M (paper)", 0.337, None),  # GPT-3 paper, table 3.3, Small
 )
+CORE_REFERENCES = (
+    # nanochat dev/estimate_gpt3_core.ipynb, OpenAI's checkpoints through nanochat's CORE
+    # evaluation (the 1558M's 0.256525 is its README's "time to GPT-2" target).
+    Reference("OpenAI GPT-2 124M", 0.1139, None),
+    Reference("OpenAI GPT-2 350M", 0.1849, None),
+    Reference("OpenAI GPT-2 774M", 0.2146, None),
+    Reference("OpenAI GPT-2 1558M", 0.2565, None),
+)
 REFERENCE_MODES = ("auto", "all", "none")
 HELLASWAG_KIND = "hellaswag"
 """metrics.jsonl records {"step", "kind": "hellaswag", "acc_norm", ...} hold HellaSwag scores."""
+CORE_KIND = "core"
+"""metrics.jsonl records {"step", "tokens", "kind": "core", "core"} hold CORE scores."""
+CHECKPOINT_RESULTS = "eval_results.json"
+"""Where `gpt2repro eval` writes a checkpoint's results (evaluation.report.RESULTS_FILE, a
+layer above this module)."""
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -133,6 +150,42 @@ def hellaswag_figure(run_dirs: list[Path], references: str = "auto") -> Figure:
     return fig
 
 
+def core_points(run_dir: Path) -> tuple[list[float], list[float]]:
+    """(training tokens, CORE) of a run, from its metrics and its checkpoints' eval results."""
+    points = dict(zip(*series(read_metrics(run_dir), CORE_KIND, "core", "tokens"), strict=True))
+    for path in sorted(RunDir(run_dir).checkpoints.glob(f"*/{CHECKPOINT_RESULTS}")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            continue  # `gpt2repro eval` reports a damaged file; a plot draws what it can
+        core = data.get("results", {}).get(CORE_KIND, {}).get("metrics", {}).get("core")
+        tokens = data.get("model", {}).get("tokens")
+        if core is not None and tokens is not None:
+            points[tokens] = core
+    xs = sorted(points)
+    return xs, [points[x] for x in xs]
+
+
+def core_figure(run_dirs: list[Path], references: str = "auto") -> Figure:
+    """CORE against training tokens, with OpenAI GPT-2's four sizes as lines."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, run_dir in enumerate(run_dirs):
+        xs, core = core_points(run_dir)
+        ax.plot(xs, core, color=f"C{i}", marker="o", markersize=3, label=run_dir.name)
+    if references != "none":
+        for k, ref in enumerate(CORE_REFERENCES):
+            ax.axhline(ref.value, color="0.3", linestyle=("--", ":", "-.", (0, (5, 1)))[k],
+                       linewidth=1, label=f"{ref.label}: {ref.value:g}")  # fmt: skip
+    ax.axhline(0.0, color="0.7", linewidth=1, label="chance: 0")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("CORE (mean centred accuracy)")
+    ax.set_title("CORE (DCLM, as nanochat reports it)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
 def save(fig: Figure, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120, bbox_inches="tight")
@@ -141,7 +194,7 @@ def save(fig: Figure, out: Path) -> Path:
 
 
 def plot_runs(run_dirs: list[Path], out_dir: Path, references: str = "auto") -> list[Path]:
-    """loss_steps.png, loss_tokens.png and (when any run has HellaSwag scores) hellaswag.png."""
+    """loss_steps.png, loss_tokens.png, and hellaswag.png / core.png when any run has those scores."""
     missing = [str(RunDir(d).metrics) for d in run_dirs if not RunDir(d).metrics.is_file()]
     if missing:
         raise FileNotFoundError(
@@ -154,6 +207,8 @@ def plot_runs(run_dirs: list[Path], out_dir: Path, references: str = "auto") -> 
     ]
     if any(series(read_metrics(d), HELLASWAG_KIND, "acc_norm")[0] for d in run_dirs):
         written.append(save(hellaswag_figure(run_dirs, references), out_dir / "hellaswag.png"))
+    if any(core_points(d)[0] for d in run_dirs):
+        written.append(save(core_figure(run_dirs, references), out_dir / "core.png"))
     return written
 
 

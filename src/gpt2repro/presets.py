@@ -23,6 +23,7 @@ from gpt2repro.config import (
     CheckpointConfig,
     DataConfig,
     EvalConfig,
+    InitConfig,
     LogConfig,
     OptimConfig,
     RunConfig,
@@ -335,6 +336,54 @@ def modern_350m_fineweb_edu() -> TrainConfig:
     return _modern_fineweb_edu(replace(gpt2_350m_model(), n_head=8), 7_000, micro_batch=32)
 
 
+def finetune_shakespeare() -> TrainConfig:
+    """nanoGPT's config/finetune_shakespeare.py: GPT-2 XL fine-tuned on Shakespeare.
+
+    init_from='gpt2-xl', batch_size=1 x block 1024 x gradient_accumulation_steps=32 (32,768
+    tokens per step), max_iters=20, learning_rate=3e-5 with decay_lr=False (constant, no
+    warmup), eval_interval=5 with eval_iters=40 (40 x 1,024 validation tokens), dropout 0
+    (train.py's default) and a checkpoint only at the end. The data is tokenized with the
+    source's tokenizer, GPT-2's BPE.
+    """
+    return TrainConfig(
+        model=gpt2_1558m_model(),
+        init=InitConfig(source="gpt2-xl"),
+        data=DataConfig(dataset="shakespeare", tokenizer="gpt2"),
+        optim=OptimConfig(lr=3e-5, min_lr=3e-5, warmup_steps=0),
+        batch=BatchConfig(tokens_per_step=32 * 1024, micro_batch=1, seq_len=1024),
+        run=RunConfig(max_steps=20, out_dir=Path("runs_out/finetune_shakespeare")),
+        eval=EvalConfig(interval=5, val_tokens=40 * 1024, sample_interval=0, sample_tokens=200),
+        checkpoint=CheckpointConfig(interval=0),
+        log=LogConfig(interval=1),
+    )
+
+
+def finetune_shakespeare_cpu() -> TrainConfig:
+    """The default run's model fine-tuned further on Shakespeare, in a few minutes on a CPU.
+
+    Starts from the default run's directory (`gpt2repro train` writes it; its best, else its
+    newest checkpoint) with that run's shape and tokenizer; a constant learning rate equal to
+    the default run's final one (no warmup: the weights are already trained, so a jump in the
+    rate would undo them), 150 steps of 32 x 128 tokens, evaluated every 50 steps.
+    """
+    base = TRAIN_PRESETS[DEFAULT_TRAIN_PRESET]()
+    return TrainConfig(
+        model=base.model,
+        init=InitConfig(source=str(base.run.out_dir)),
+        data=base.data,
+        optim=OptimConfig(
+            lr=base.optim.min_lr, min_lr=base.optim.min_lr, warmup_steps=0, beta2=base.optim.beta2
+        ),
+        batch=base.batch,
+        run=RunConfig(
+            max_steps=150, max_minutes=5.0, out_dir=Path("runs_out/finetune_shakespeare_cpu")
+        ),
+        eval=EvalConfig(interval=50, val_tokens=base.eval.val_tokens, sample_interval=0),
+        checkpoint=CheckpointConfig(interval=0),
+        log=LogConfig(interval=10),
+    )
+
+
 TRAIN_PRESETS: dict[str, Callable[[], TrainConfig]] = {
     f.__name__: f
     for f in (
@@ -351,6 +400,8 @@ TRAIN_PRESETS: dict[str, Callable[[], TrainConfig]] = {
         modern_shakespeare_cpu,
         modern_124m_fineweb_edu,
         modern_350m_fineweb_edu,
+        finetune_shakespeare,
+        finetune_shakespeare_cpu,
     )
 }
 DEFAULT_TRAIN_PRESET = "shakespeare_cpu"

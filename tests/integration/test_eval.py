@@ -295,3 +295,68 @@ def test_val_on_a_shard_with_a_corrupt_token_names_the_shard(
         rf"`gpt2repro data verify {re.escape(str(data))}`",
     ):
         run_eval(args)
+
+
+# ---- CORE ----
+
+
+def test_core_scores_every_task_and_their_mean_and_prints_gpt2_beside_it(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from unit.test_core import write_bundle
+
+    from gpt2repro.checkpoint import load_model
+    from gpt2repro.distributed import DistInfo
+    from gpt2repro.evaluation.core import core_eval
+    from gpt2repro.evaluation.core_bundle import read_bundle
+
+    bundle = write_bundle(tmp_path / "eval_bundle")
+    out = tmp_path / "results.json"
+    args = EvalArgs(str(checkpoint), tasks=("core",), core_path=bundle, device="cpu",
+                    dtype="fp32", batch_size=2, out=out)  # fmt: skip
+    results = run_eval(args)
+    printed = capsys.readouterr().out
+    assert "tiny_schema" in printed and "OpenAI GPT-2 1558M" in printed and "0.2565" in printed
+    saved = json.loads(out.read_text())["results"]
+    labels = ["tiny_mc", "tiny_schema", "tiny_lm", "tiny_qa"]
+    assert list(saved) == list(results) == [f"core:{x}" for x in labels] + ["core"]
+    model, tok, _ = load_model(checkpoint)
+    scores = core_eval(model, read_bundle(bundle), tok, torch.device("cpu"), "fp32", DistInfo(),
+                       progress=False)  # fmt: skip
+    for s in scores:
+        entry = saved[f"core:{s.label}"]
+        assert entry["metrics"] == {"acc": s.accuracy, "centered": pytest.approx(s.centered)}
+        assert entry["samples"] == s.n and entry["info"]["random_baseline"] == s.random_baseline
+    mean = sum(s.centered for s in scores) / 4
+    assert saved["core"]["metrics"]["core"] == pytest.approx(mean)
+    assert saved["core"]["info"]["gpt2"]["OpenAI GPT-2 124M"] == 0.1139
+
+    # One task alone: its entry, no mean.
+    one = run_eval(EvalArgs(str(checkpoint), tasks=("core:tiny_lm",), core_path=bundle,
+                            device="cpu", out=tmp_path / "one.json"))  # fmt: skip
+    assert list(one) == ["core:tiny_lm"]
+
+
+def test_a_bad_core_bundle_exits_2_naming_the_file_before_any_task_runs(
+    checkpoint: Path, dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from helpers import assert_user_error, run_cli
+    from unit.test_core import write_bundle
+
+    import gpt2repro.evaluation.val as val
+
+    monkeypatch.setattr(val, "split_loss", lambda *a, **k: pytest.fail("val ran"))
+    bundle = write_bundle(tmp_path / "eval_bundle")
+    bad = bundle / "eval_data" / "tiny" / "qa.jsonl"
+    bad.write_text(bad.read_text() + "not json\n")
+    argv = ["eval", str(checkpoint), "--tasks", "val", "core", "--core-path", str(bundle),
+            "--data", "words", "--data-root", str(dataset.parent), "--out", str(tmp_path / "r.json")]  # fmt: skip
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2
+    assert_user_error(code, err, f"{bad}:5: not JSON")
+    code, _, err = run_cli(["eval", str(checkpoint), "--tasks", "core:nope", "--core-path",
+                            str(bundle)], capsys)  # fmt: skip
+    assert_user_error(code, err, "Unknown CORE task 'nope'")
+    code, _, err = run_cli(["eval", str(checkpoint), "--tasks", "core:"], capsys)
+    assert_user_error(code, err, "unknown task 'core:'")

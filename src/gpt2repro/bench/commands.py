@@ -171,12 +171,12 @@ def run_bench_loader(args: BenchLoaderArgs) -> None:
 
 @dataclass
 class BenchEvalArgs:
-    """HellaSwag examples/s batched (as `eval` runs it) against one example per forward pass."""
+    """HellaSwag and CORE examples/s batched (as `eval` runs them) against one example per forward pass."""
 
     model: str = "init:mini"
     """Model source, as for `gpt2repro sample` (init:gpt2_124m for the 124M shape)."""
     examples: int = 24
-    """Synthetic examples in the hellaswag_val.jsonl schema to score per measurement."""
+    """Synthetic examples in the hellaswag_val.jsonl schema to score per measurement (and, for CORE, of each of its three task types)."""
     batch_size: int = 8
     """Examples per forward pass on the batched side (4 rows each), as `eval --batch-size`."""
     rounds: int = 2
@@ -187,6 +187,8 @@ class BenchEvalArgs:
     """auto (bf16 on capable hardware, else fp32), fp32, bf16 or fp16."""
     seed: int = 0
     """Seed of the model's initialisation and of the synthetic examples."""
+    core: Annotated[bool, tyro.conf.FlagCreatePairsOff] = True
+    """Time CORE scoring too, on synthetic 3-shot tasks (--no-core: HellaSwag only)."""
     out: Path | None = None
     """Also write the result as JSON here."""
 
@@ -197,7 +199,7 @@ def run_bench_eval(args: BenchEvalArgs) -> None:
 
     result = bench_eval(
         args.model, args.examples, args.batch_size, args.rounds, args.device, args.dtype,
-        args.seed,
+        args.seed, core=args.core,
     )  # fmt: skip
     report(result, args.out)
 

@@ -1,4 +1,4 @@
-"""`gpt2repro bench eval`: HellaSwag examples/s of `hellaswag_eval` against one example per forward pass.
+"""`gpt2repro bench eval`: HellaSwag and CORE examples/s, batched against one example per forward pass.
 
 The examples are synthetic (random common words, no network needed) but in the schema
 of hellaswag_val.jsonl, written to a temporary file and read back with `load_examples`,
@@ -8,6 +8,9 @@ padded to the longest rendered row of the whole set. The baseline scores each ex
 across examples. Both sides are timed end to end (tokenizing, forward, scoring), rounds
 interleaved; examples/s are from each side's fastest round, the speedup is the median
 of the rounds' ratios, because this kind of machine varies by 10-25% from run to run.
+
+CORE is timed the same way on synthetic 3-shot tasks of its three types (`core_eval`
+against nanochat's loop: each example's rows in one forward pass of their own).
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ import torch
 
 from gpt2repro.bench.common import hardware
 from gpt2repro.distributed import DistInfo
+from gpt2repro.evaluation.core import core_eval, is_correct, score_rows
+from gpt2repro.evaluation.core import render as render_core
+from gpt2repro.evaluation.core_bundle import CoreTask
 from gpt2repro.evaluation.hellaswag import (
     ENDINGS,
     METRICS,
@@ -89,6 +95,77 @@ def synthetic_examples(n: int, seed: int = 0) -> list[dict[str, Any]]:
     return out
 
 
+def synthetic_core_tasks(n: int, seed: int = 0) -> list[CoreTask]:
+    """`n` examples of each CORE task type, in the bundle's fields, 3-shot (fewer when `n` < 4),
+    4 choices."""
+    rng = random.Random(seed)
+    vocab = WORDS.split()
+
+    def words(lo: int, hi: int) -> str:
+        return " ".join(rng.choice(vocab) for _ in range(rng.randint(lo, hi)))
+
+    mc = [{"query": words(10, 40), "choices": [words(1, 8) for _ in range(4)], "gold": rng.randrange(4)}
+          for _ in range(n)]  # fmt: skip
+    schema = [{"context_options": [words(5, 30) for _ in range(2)], "continuation": words(3, 10),
+               "gold": rng.randrange(2)} for _ in range(n)]  # fmt: skip
+    lm = [{"context": words(20, 60), "continuation": words(1, 3)} for _ in range(n)]
+    where, shots = Path("synthetic"), min(3, n - 1)  # the shots are other examples
+    return [
+        CoreTask("synthetic_mc", "multiple_choice", shots, " ", 25.0, where, mc),
+        CoreTask("synthetic_schema", "schema", shots, " ", 50.0, where, schema),
+        CoreTask("synthetic_lm", "language_modeling", shots, " ", 0.0, where, lm),
+    ]
+
+
+@torch.no_grad()
+def core_one_at_a_time(
+    model: torch.nn.Module, tasks: list[CoreTask], tokenizer: Tokenizer, device: torch.device,
+    dtype: str, max_len: int,
+) -> list[int]:  # fmt: skip
+    """Correct count per task, one forward pass per example, as nanochat's evaluate_example."""
+    correct = [0] * len(tasks)
+    for t, task in enumerate(tasks):
+        for i in range(len(task.examples)):
+            (r,) = render_core(tasks, [(t, i)], tokenizer, max_len)
+            means, oks = score_rows(
+                model, r.rows, r.starts, r.ends, tokenizer.eot_id, device, dtype, max_len
+            )
+            correct[t] += is_correct(r, means, oks)
+    return correct
+
+
+def bench_core(
+    gpt: torch.nn.Module, tok: Tokenizer, device: torch.device, dtype: str, max_len: int,
+    examples: int, batch_size: int, rounds: int, seed: int,
+) -> dict[str, Any]:  # fmt: skip
+    """CORE examples/s batched and one at a time on synthetic tasks, and the speedup."""
+    tasks = synthetic_core_tasks(examples, seed)
+    total = sum(len(t.examples) for t in tasks)
+    dist = DistInfo()
+    core_eval(gpt, tasks, tok, device, dtype, dist, batch_size, progress=False)  # warm-up
+    seconds: dict[str, list[float]] = {"batched": [], "one_at_a_time": []}
+    for _ in range(rounds):
+        sync(device)
+        t0 = time.perf_counter()
+        batched = core_eval(gpt, tasks, tok, device, dtype, dist, batch_size, progress=False)
+        sync(device)
+        seconds["batched"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        single = core_one_at_a_time(gpt, tasks, tok, device, dtype, max_len)
+        sync(device)
+        seconds["one_at_a_time"].append(time.perf_counter() - t0)
+    return {
+        "examples": total,
+        "batched_examples_per_s": total / min(seconds["batched"]),
+        "one_at_a_time_examples_per_s": total / min(seconds["one_at_a_time"]),
+        "speedup": statistics.median(
+            a / b for a, b in zip(seconds["one_at_a_time"], seconds["batched"], strict=True)
+        ),
+        "same_correct": [s.correct for s in batched] == single,
+        "seconds": {k: [round(x, 3) for x in v] for k, v in seconds.items()},
+    }
+
+
 @torch.no_grad()
 def one_at_a_time(
     model: torch.nn.Module,
@@ -137,8 +214,10 @@ def bench_eval(
     dtype: str = "auto",
     seed: int = 0,
     work_dir: Path | None = None,
+    core: bool = True,
 ) -> dict[str, Any]:
-    """Examples/s batched and one at a time, and the speedup, as a JSON-able dict (asserts nothing)."""
+    """Examples/s batched and one at a time, and the speedup, as a JSON-able dict (asserts nothing);
+    with `core`, the same for CORE (`examples` of each of its task types) under "core"."""
     if examples < 1 or batch_size < 1 or rounds < 1:
         raise ValueError(
             f"examples={examples}, batch_size={batch_size} and rounds={rounds} must each be "
@@ -172,6 +251,11 @@ def bench_eval(
         seconds["one_at_a_time"].append(time.perf_counter() - t0)
     correct = {name: int((preds[name] == labels).sum()) for name in METRICS}
     tokens_batched, tokens_single = padded_tokens(exs, tok, max_len, batch_size)
+    core_result = (
+        bench_core(gpt, tok, device, dtype, max_len, examples, batch_size, rounds, seed)
+        if core
+        else None
+    )
     return {
         "bench": "eval",
         "date": date.today().isoformat(),
@@ -193,5 +277,6 @@ def bench_eval(
         "same_metrics": all(round(batched[name] * len(exs)) == correct[name] for name in METRICS),
         "acc_norm": batched["acc_norm"],
         "seconds": {k: [round(x, 3) for x in v] for k, v in seconds.items()},
+        "core": core_result,
         "hardware": {**hardware(), "cores": os.cpu_count()},
     }

@@ -46,11 +46,14 @@ def tokenizer_spec(data_root: Path, dataset: str, spec: str) -> str:
     return spec if vocab_size is None else str(tokenizer_path(data_root, dataset, vocab_size))
 
 
-def locate(data_root: Path, dataset: str, tokenizer: str) -> tuple[Path, Tokenizer]:
+def locate(
+    data_root: Path, dataset: str, tokenizer: str, init_from: str | None = None
+) -> tuple[Path, Tokenizer]:
     """A training run's dataset folder and tokenizer, as `--data.*` names them.
 
     `dataset` is a folder or a name under `data_root`; `tokenizer` a spec (`train:N` too).
-    The dataset's tokens must come from that tokenizer.
+    The dataset's tokens must come from that tokenizer, which `init_from` (a fine-tune's
+    source) fixes when given.
     """
     spec = tokenizer_spec(data_root, dataset, tokenizer)
     tok = load_tokenizer(spec)
@@ -64,7 +67,7 @@ def locate(data_root: Path, dataset: str, tokenizer: str) -> tuple[Path, Tokeniz
             f"{', '.join(BUILT_IN)} or a prepared dataset's folder."
         )
     data_dir = found or resolve_dataset(dataset, data_root, spec)
-    check_tokenizer(data_dir, tok, tokenizer)
+    check_tokenizer(data_dir, tok, tokenizer, init_from)
     return data_dir, tok
 
 
@@ -82,9 +85,19 @@ def prepared_otherwise(data_root: Path, dataset: str) -> Path | None:
     return next(iter(prepared_under_name(data_root, dataset)), None)
 
 
-def check_tokenizer(data_dir: Path, tokenizer: Tokenizer, spec: str) -> None:
+def check_tokenizer(
+    data_dir: Path, tokenizer: Tokenizer, spec: str, init_from: str | None = None
+) -> None:
     """The dataset's tokens must come from the tokenizer the run trains with (`spec`)."""
     stored = read_manifest(data_dir)["tokenizer"]
+    if stored["identifier"] != tokenizer.identifier and init_from is not None:
+        # A fine-tune cannot change its tokenizer: only the data can change.
+        raise ValueError(
+            f"{data_dir} was prepared with tokenizer {stored['identifier']}, but the model "
+            f"of --model.init-from {init_from} uses {tokenizer.identifier}. Prepare the data "
+            f"with the model's tokenizer: `{prepare_command(data_dir, spec)}`, then pass "
+            f"--data.dataset {data_dir.name} (by name the run finds the copy for its tokenizer)."
+        )
     if stored["identifier"] != tokenizer.identifier:
         raise ValueError(
             f"{data_dir} was prepared with tokenizer {stored['identifier']}, but this run uses "

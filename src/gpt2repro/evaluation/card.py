@@ -231,8 +231,10 @@ def render_card(info: CardInfo) -> str:
     parts = [metadata(info), f"# {info.name}", ""]
     cls = stock_class(c)
     kind = "A GPT-2" if cls == GPT2_CLASS else "A GPT-2-sized modern (nanochat-style)"
+    source = tc.get("init", {}).get("source")
+    origin = f"fine-tuned from `{source}`" if source else "trained from scratch"
     parts.append(
-        f"{kind} language model ({_count(info.parameters)} parameters) trained from scratch with "
+        f"{kind} language model ({_count(info.parameters)} parameters) {origin} with "
         f"gpt2repro. It loads with `transformers.AutoModelForCausalLM.from_pretrained` from this "
         f"folder (a `{cls}`)."
     )
@@ -277,6 +279,16 @@ def render_card(info: CardInfo) -> str:
         "lm-evaluation-harness; `val:` rows and training rows are next-token loss, perplexity "
         "and bits per byte on held-out text of the named dataset."
     )
+    has_core = any(task == "core" or task.startswith("core:") for task in info.results)
+    if has_core:
+        from gpt2repro.plot import CORE_REFERENCES
+
+        gpt2 = ", ".join(f"{r.label.split()[-1]} {r.value:.4f}" for r in CORE_REFERENCES)
+        parts[-1] += (
+            " `core` is the DCLM CORE score as nanochat computes it: 22 few-shot tasks, each "
+            "accuracy centred so that guessing scores 0, then averaged (`core:` rows are the "
+            f"tasks); OpenAI GPT-2 scores {gpt2}."
+        )
     if info.plots:
         parts += ["", "## Plots", ""] + [f"![{p}]({p})" for p in info.plots]
     parts += ["", "## Limitations", ""]
@@ -286,7 +298,8 @@ def render_card(info: CardInfo) -> str:
         "- It learned whatever its web or book text contains, including biases and offensive "
         "content; it has no instruction tuning and no safety filtering.",
         "- English only, and only the domains of its training data.",
-        f"- Context of {c.block_size} tokens; results above are zero-shot and measured once "
-        "(one seed), with the standard errors shown.",
+        f"- Context of {c.block_size} tokens; results above are zero-shot"
+        + (" (CORE's tasks few-shot)" if has_core else "")
+        + " and measured once (one seed), with the standard errors shown.",
     ]
     return "\n".join(parts) + "\n"

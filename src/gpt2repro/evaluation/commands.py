@@ -21,17 +21,18 @@ from gpt2repro.evaluation.report import (
 )
 
 LM_EVAL_PREFIX = "lm_eval:"
+CORE_PREFIX = "core:"
 DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
 class EvalArgs:
-    """Evaluate a model: validation loss / perplexity / bits per byte, HellaSwag, lm-evaluation-harness tasks."""
+    """Evaluate a model: validation loss / perplexity / bits per byte, HellaSwag, the CORE score, lm-evaluation-harness tasks."""
 
     model: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="MODEL")]
     """Checkpoint directory, training run directory (its best checkpoint), exported Hugging Face directory, hub id (gpt2, gpt2-medium, ...) or init:PRESET."""
     tasks: tuple[str, ...] = ("hellaswag",)
-    """val (on --data; a checkpoint defaults to the dataset it was trained on), hellaswag, or lm_eval:TASK for a harness task or group, e.g. lm_eval:gpt2_zeroshot (the GPT-2 paper's table) or lm_eval:lambada_openai."""
+    """val (on --data; a checkpoint defaults to the dataset it was trained on), hellaswag, core (DCLM's 22-task CORE score, as nanochat reports it) or core:LABEL for one of its tasks, or lm_eval:TASK for a harness task or group, e.g. lm_eval:gpt2_zeroshot (the GPT-2 paper's table) or lm_eval:lambada_openai."""
     data: str | None = None
     """For val: a prepared dataset folder (holding manifest.json), or its name under --data-root; prepared with the model's tokenizer (default for a checkpoint: the dataset it was trained on)."""
     data_root: Path = Path("data")
@@ -44,10 +45,12 @@ class EvalArgs:
     """Sequence length for val (default: the model's context, at most 1024)."""
     hellaswag_path: Path | None = None
     """Local hellaswag_val.jsonl (default: downloaded from rowanz/hellaswag on GitHub and cached)."""
+    core_path: Path | None = None
+    """Local CORE bundle: the eval_bundle folder (holding core.yaml) unzipped from nanochat's eval_bundle.zip (default: downloaded and cached)."""
     limit: int | None = None
-    """Only the first N examples of HellaSwag and of each lm-eval task (a quick look, not a result)."""
+    """Only the first N examples of HellaSwag, of each CORE task (after nanochat's fixed shuffle) and of each lm-eval task (a quick look, not a result)."""
     batch_size: int = 8
-    """Sequences (val, lm-eval) or examples (HellaSwag, 4 rows each) per forward pass."""
+    """Sequences (val, lm-eval) or examples (HellaSwag, 4 rows each) per forward pass; CORE packs up to 4 x this many rows."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     dtype: str = "auto"
@@ -94,10 +97,12 @@ def _check_eval_args(args: EvalArgs, knows_dataset: bool) -> None:
     """Every bad argument in one error; `knows_dataset`: the model records its training data."""
     problems = []
     for task in args.tasks:
-        if task not in ("val", "hellaswag") and not (
-            task.startswith(LM_EVAL_PREFIX) and len(task) > len(LM_EVAL_PREFIX)
+        if task not in ("val", "hellaswag", "core") and not any(
+            task.startswith(p) and len(task) > len(p) for p in (LM_EVAL_PREFIX, CORE_PREFIX)
         ):
-            problems.append(f"unknown task {task!r} (use val, hellaswag or lm_eval:TASK)")
+            problems.append(
+                f"unknown task {task!r} (use val, hellaswag, core, core:LABEL or lm_eval:TASK)"
+            )
     if not args.tasks:
         problems.append("no tasks given (use --tasks val hellaswag lm_eval:TASK ...)")
     if "val" in args.tasks and args.data is None and not knows_dataset:
@@ -129,6 +134,7 @@ def run_eval(args: EvalArgs) -> dict[str, dict[str, Any]]:
     from gpt2repro.runtime import resolve_device, seed_everything
 
     source = resolve_source(args.model, quiet=not dist_info_from_env().is_main)
+    core_table = ""
     trained_on = _trained_on(source)
     _check_eval_args(args, trained_on is not None)
     device = resolve_device(args.device)
@@ -164,6 +170,7 @@ def run_eval(args: EvalArgs) -> dict[str, dict[str, Any]]:
             from gpt2repro.evaluation.hellaswag import load_examples
 
             examples = load_examples(args.hellaswag_path, args.limit)
+        core = _core_tasks(args, dist)
         lm_tasks = [
             t.removeprefix(LM_EVAL_PREFIX) for t in args.tasks if t.startswith(LM_EVAL_PREFIX)
         ]
@@ -173,12 +180,16 @@ def run_eval(args: EvalArgs) -> dict[str, dict[str, Any]]:
             finished(_val(args, val_data, model, tok, device, dtype, dist))
         if examples is not None:
             finished(_hellaswag(examples, model, tok, device, dtype, dist, args.batch_size))
+        if core is not None:
+            core_table = _core(args, core, model, tok, device, dtype, dist, finished)
         if lm_tasks:
             finished(_lm_eval(args, loaded, lm_tasks, manager, device, dtype))
     finally:
         shutdown()
     if dist.is_main:
         print(format_table(results))
+        if core_table:
+            print(core_table)
         print(f"wrote {path}")
     return results
 
@@ -280,6 +291,43 @@ def _hellaswag(
     # Only the full validation set compares with the published numbers (0.2955 for GPT-2 124M).
     info = {"style": "completion (llm.c)", "full_validation_set": r["n"] == VAL_EXAMPLES}
     return {"hellaswag": task_entry(metrics, stderr, int(r["n"]), info)}
+
+
+def _core_tasks(args: EvalArgs, dist: Any) -> tuple[list[Any], bool] | None:
+    """The CORE tasks asked for, read and checked, and whether they are the whole of core.yaml."""
+    if not any(t == "core" or t.startswith(CORE_PREFIX) for t in args.tasks):
+        return None
+    from gpt2repro.distributed import broadcast_object
+    from gpt2repro.evaluation.core_bundle import fetch_bundle, read_bundle, task_labels
+
+    # Rank 0 downloads (once), the others wait for it and share its failure, if any.
+    failure = None
+    if dist.is_main:
+        try:
+            fetch_bundle(args.core_path)
+        except (OSError, ValueError) as e:
+            failure = e
+    failure = broadcast_object(failure, dist)
+    if failure is not None:
+        raise failure
+    root = fetch_bundle(args.core_path)
+    labels = [t.removeprefix(CORE_PREFIX) for t in args.tasks if t.startswith(CORE_PREFIX)]
+    whole = "core" in args.tasks
+    tasks = read_bundle(root, None if whole else list(dict.fromkeys(labels)), args.limit)
+    return tasks, {t.label for t in tasks} == set(task_labels(root))  # the mean needs them all
+
+
+def _core(
+    args: EvalArgs, core: tuple[list[Any], bool], model: Any, tok: Any, device: Any,
+    dtype: str, dist: Any, finished: Any,
+) -> str:  # fmt: skip
+    """Scores the CORE tasks, hands their entries to `finished`; returns the table to print."""
+    from gpt2repro.evaluation.core import core_entries, core_eval, format_core
+
+    tasks, complete = core
+    scores = core_eval(model, tasks, tok, device, dtype, dist, args.batch_size)
+    finished(core_entries(scores, tasks, complete, args.limit))
+    return format_core(scores) if complete else ""
 
 
 def _lm_eval_tasks(tasks: list[str]) -> Any:

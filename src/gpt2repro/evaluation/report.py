@@ -5,7 +5,8 @@ A results file maps task names to entries of this shape:
     {"metrics": {"acc": 0.29, ...}, "stderr": {"acc": 0.0045, ...},
      "higher_is_better": {"acc": true, ...}, "samples": 10042, "info": {...}}
 
-Task names: `hellaswag`, `val:DATASET/SPLIT`, `lm_eval:TASK`. Running more tasks later
+Task names: `hellaswag`, `val:DATASET/SPLIT`, `core` (the CORE score) and `core:LABEL` (its
+tasks: acc and centred acc), `lm_eval:TASK`. Running more tasks later
 adds to (or replaces entries of) the same file, so one file collects a model's results.
 """
 

@@ -21,6 +21,7 @@ from gpt2repro.data.loader import TokenLoader
 from gpt2repro.distributed import agree, print0
 from gpt2repro.plot import plot_loss
 from gpt2repro.run_dir import RunDir, decide_resume, more_minutes
+from gpt2repro.training.init_from import load_source_weights
 from gpt2repro.training.optimizer import apply_schedule
 from gpt2repro.training.report import evaluate, log_train, write_samples
 from gpt2repro.training.saving import resume, save, save_step
@@ -79,9 +80,12 @@ def train(cfg: TrainConfig) -> RunResult:
     # 3. What it reads: data and tokenizer (prepared if missing), checked; the vocabulary
     #    size comes from the tokenizer.
     cfg, inputs = open_inputs(cfg, rt)
-    # 4. What trains: the model on the meta device, materialised and initialised, then
-    #    wrapped (DDP/FSDP, compile); its optimizer and loss scaler.
+    # 4. What trains: the model on the meta device, materialised and initialised (or, for
+    #    a fine-tune, given its source's weights), then wrapped (DDP/FSDP, compile); its
+    #    optimizer and loss scaler.
     gpt = build_model(cfg, rt)
+    if cfg.init.source is not None and point is None:  # a resume restores its own weights
+        load_source_weights(gpt, cfg.init.source)
     trainee = build_trainee(cfg, gpt, rt)
     # 5. Where it writes: the run directory (an earlier run moved aside), metric sinks.
     out = open_outputs(cfg, run_dir, point, rt, gpt)
@@ -102,6 +106,9 @@ def train(cfg: TrainConfig) -> RunResult:
         if source is not None:
             state = resume(source, trainee, inputs, rt, loader, cfg.batch)
         start_records(out, rt, state)
+        if cfg.init.source is not None and state.step == 0:
+            # The source's own loss, before any update: the fine-tune's gain in metrics.jsonl.
+            evaluate(cfg, trainee.model, inputs, rt, out.writer, state)
         if state.step >= cfg.run.max_steps:  # decide_resume refused one past the end
             print0(
                 rt.dist,

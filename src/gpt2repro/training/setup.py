@@ -115,7 +115,8 @@ def open_inputs(cfg: TrainConfig, rt: Runtime) -> tuple[TrainConfig, Inputs]:
     HellaSwag examples; the config comes back with the tokenizer's vocabulary size."""
     hellaswag = load_hellaswag(cfg)
     prepare_missing(cfg.data, rt.dist)
-    data_dir, tokenizer = locate(cfg.data.data_root, cfg.data.dataset, cfg.data.tokenizer)
+    d = cfg.data
+    data_dir, tokenizer = locate(d.data_root, d.dataset, d.tokenizer, cfg.init.source)
     check_val_split(cfg, data_dir, rt.dist, tokenizer)
     manifest = read_manifest(data_dir)
     if cfg.model.vocab_size != tokenizer.vocab_size:
@@ -147,8 +148,9 @@ def build_model(cfg: TrainConfig, rt: Runtime) -> GPT:
     # device would draw it: the seed's stream then reaches init_weights at the same point,
     # so a seed gives the same weights (and results) as before the meta-device build.
     for module in gpt.modules():
-        if module is not gpt and hasattr(module, "reset_parameters"):
-            module.reset_parameters()
+        reset = getattr(module, "reset_parameters", None)
+        if module is not gpt and callable(reset):
+            reset()
     gpt.init_weights()
     return gpt
 
