@@ -31,6 +31,7 @@ from gpt2repro.config import (
     RunConfig,
     TrainConfig,
 )
+from gpt2repro.data.loader import TokenLoader
 from gpt2repro.distributed import DistInfo
 from gpt2repro.evaluation.val import split_loss
 from gpt2repro.loss import linear_cross_entropy
@@ -39,7 +40,9 @@ from gpt2repro.model import GPT, GPTConfig
 from gpt2repro.parallelize import autocast, resolve_dtype
 from gpt2repro.sampling import SamplingConfig, generate
 from gpt2repro.train_state import load_train_state
-from gpt2repro.training.optimizer import build_optimizer
+from gpt2repro.training.optimizer import apply_schedule, build_optimizer
+from gpt2repro.training.setup import build_model, build_trainee, open_inputs, open_runtime
+from gpt2repro.training.step import optimizer_step, train_step
 
 pytestmark = [
     pytest.mark.gpu,
@@ -85,25 +88,32 @@ def tiny_run(corpus: SimpleNamespace, out_dir: Path, **run: object) -> TrainConf
 
 @pytest.mark.parametrize("compile", [False, True])
 def test_training_on_cuda_uses_the_fast_path_without_host_syncs(
-    corpus: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compile: bool
+    corpus: SimpleNamespace, tmp_path: Path, compile: bool
 ) -> None:
-    checked: list[int] = []
-    inner = train_module.train_step
-
-    def strict_train_step(*args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
-        # The first steps allocate (and compile); from then on the loop must not synchronise.
-        if len(checked) < 3:
-            checked.append(0)
-            return inner(*args, **kwargs)  # type: ignore[arg-type]
-        checked.append(1)
-        with no_host_sync():
-            return inner(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(train_module, "train_step", strict_train_step)
-    cfg = tiny_run(corpus, tmp_path / "run", compile=compile)
-    result = train_module.train(cfg)
-    assert result.stopped_by == "finished" and sum(checked) == 27
-    assert result.final_val["loss"] < 5.0  # ln(300) = 5.7 at the start: it learned
+    # The loop's own parts, as train() builds them, stepped here: the first steps allocate
+    # (and compile); from then on neither the step nor the optimizer may synchronise.
+    cfg = tiny_run(corpus, tmp_path / "parts", compile=compile)
+    rt = open_runtime(cfg)
+    cfg, inputs = open_inputs(cfg, rt)
+    trainee = build_trainee(cfg, build_model(cfg, rt), rt)
+    b = cfg.batch
+    loader = TokenLoader(
+        inputs.data_dir, "train", b.micro_batch, b.seq_len, seed=cfg.run.seed, device=rt.device
+    )
+    accum = cfg.grad_accum_steps(1)
+    strict = 0
+    for step in range(cfg.run.max_steps):
+        apply_schedule(trainee.optimizer, step, cfg.optim, cfg.run.max_steps)
+        with no_host_sync() if step >= 3 else contextlib.nullcontext():
+            loss, _ = train_step(
+                trainee.model, trainee.optimizer, trainee.scaler, loader.next_batch, accum,
+                rt.device, rt.dtype, cfg.optim.grad_clip,
+            )  # fmt: skip
+            optimizer_step(trainee.model, trainee.optimizer, trainee.scaler)
+        strict += step >= 3
+    assert strict == 27 and loss.item() < 5.0  # ln(300) = 5.7 at the start: it learned
+    result = train_module.train(tiny_run(corpus, tmp_path / "run", compile=compile))
+    assert result.stopped_by == "finished" and result.final_val["loss"] < 5.0
     assert resolve_dtype("auto", CUDA) == "bf16"
     assert torch.backends.cuda.matmul.allow_tf32
 
