@@ -111,12 +111,16 @@ def test_fsdp_resume_is_bit_exact(
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize(("saved_by", "resumed_as"), [("ddp", "single"), ("single", "ddp")])
+@pytest.mark.parametrize(
+    ("saved_by", "resumed_as"),
+    [("ddp", "single"), ("single", "ddp"), ("fsdp", "single"), ("single", "fsdp")],
+)
 def test_resume_on_another_number_of_ranks(
     runs: SimpleNamespace, corpus: SimpleNamespace, tmp_path: Path, saved_by: str, resumed_as: str
 ) -> None:
-    """A two-rank run resumed in one process (a node lost), and the other way round: the
-    global data order goes on, so the remaining steps match the uninterrupted runs."""
+    """A two-rank run (DDP or FSDP) resumed in one process (a node lost), and the other way
+    round: the global data order goes on, so the remaining steps match the uninterrupted
+    runs."""
     source = tmp_path / "step_000004"
     shutil.copytree(getattr(runs, saved_by) / "checkpoints" / "step_000004", source)
     out_dir = tmp_path / "resumed"
@@ -124,8 +128,8 @@ def test_resume_on_another_number_of_ranks(
         out = finish(single(train_args(corpus, out_dir, **{"checkpoint.resume": source})))
         note = "micro-batch 2 x 2 rank(s) -> 4 x 1"
     else:
-        args = train_args(corpus, out_dir, **{"batch.micro-batch": 2, "checkpoint.resume": source})
-        out = finish(torchrun(args))
+        flags = {"batch.micro-batch": 2, "checkpoint.resume": source, "run.parallel": resumed_as}
+        out = finish(torchrun(train_args(corpus, out_dir, **flags)))
         note = "micro-batch 4 x 1 rank(s) -> 2 x 2"
     assert "at step 4" in out and out.count(note) == 1, out[-2000:]
     resumed = metrics(out_dir)
