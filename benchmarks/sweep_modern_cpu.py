@@ -20,6 +20,7 @@ from typing import Any
 
 VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("preset", {}),
+    ("muon_lr=0.005", {"muon_lr": 0.005}),
     ("muon_lr=0.01", {"muon_lr": 0.01}),
     ("muon_lr=0.04", {"muon_lr": 0.04}),
     ("muon_lr=0.06", {"muon_lr": 0.06}),

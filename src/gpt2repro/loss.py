@@ -55,7 +55,9 @@ def _chunk_logits(
     logits = (x @ w.t()).float()
     tanh = None
     if softcap > 0:
-        tanh = torch.tanh(logits / softcap)
+        # In place on the fp32 copy: each pass over the (n, V) chunk costs as much as the
+        # loss's own softmax passes.
+        tanh = logits.mul_(1 / softcap).tanh_()
         logits = tanh * softcap
     if logits.size(1) > vocab_size:
         logits[:, vocab_size:] = float("-inf")
@@ -98,7 +100,7 @@ def _chunked_forward(
                 probs = logp.exp_()
                 probs.scatter_add_(1, safe_t, torch.full_like(safe_t, -1, dtype=probs.dtype))
                 if tanh is not None:  # chain rule through c * tanh(z / c)
-                    probs.mul_(1 - tanh.square_())
+                    probs.mul_(tanh.square_().neg_().add_(1))
                 d = probs.to(dtype)
                 grad_x[s : s + chunk] = (d @ w) * valid
                 part = d.t() @ (xc * valid)  # (Vp, C)

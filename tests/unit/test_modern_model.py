@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from gpt2repro import presets
 from gpt2repro.loss import linear_cross_entropy
-from gpt2repro.model import GPT, GPTConfig, KVCache, apply_rope, rope_angles
+from gpt2repro.model import GPT, GPTConfig, KVCache, apply_rope, relu_squared, rope_angles
 from gpt2repro.presets import modern_model_options
 
 
@@ -130,3 +130,16 @@ def test_bad_options_are_named(kw, needle) -> None:
     with pytest.raises(ValueError, match="Invalid model config") as e:
         GPTConfig(**kw)
     assert needle in str(e.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_relu_squared_matches_autograd_through_relu_then_square(dtype: torch.dtype) -> None:
+    x = torch.randn(64, 96, dtype=dtype)
+    x[0, :8] = 0.0  # the kink: both give gradient 0 there
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    grad = torch.randn(64, 96, dtype=dtype)
+    relu_squared(a).backward(grad)
+    F.relu(b).square().backward(grad)
+    assert torch.equal(relu_squared(x), F.relu(x).square())
+    assert a.grad is not None and b.grad is not None
+    assert torch.equal(a.grad, b.grad)
