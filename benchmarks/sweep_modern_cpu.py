@@ -31,6 +31,23 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("decay_fraction=0.2", {"decay_fraction": 0.2}),
     ("decay_fraction=0.6", {"decay_fraction": 0.6}),
     ("muon_weight_decay=0.1", {"muon_weight_decay": 0.1}),
+    # second round: past the best single changes, and the best of them together
+    ("head_lr=0.001", {"head_lr": 0.001}),
+    ("muon_lr=0.01,head_lr=0.002", {"muon_lr": 0.01, "head_lr": 0.002}),
+    (
+        "muon_lr=0.01,head_lr=0.002,embed_lr=0.06",
+        {"muon_lr": 0.01, "head_lr": 0.002, "embed_lr": 0.06},
+    ),
+    # third round: the decay fraction, the first round's largest single gain
+    ("decay_fraction=0.8", {"decay_fraction": 0.8}),
+    (
+        "muon_lr=0.01,head_lr=0.002,decay_fraction=0.6",
+        {"muon_lr": 0.01, "head_lr": 0.002, "decay_fraction": 0.6},
+    ),
+    (
+        "muon_lr=0.01,head_lr=0.002,embed_lr=0.06,decay_fraction=0.6",
+        {"muon_lr": 0.01, "head_lr": 0.002, "embed_lr": 0.06, "decay_fraction": 0.6},
+    ),
 ]
 
 
@@ -67,6 +84,9 @@ def main() -> None:
             rows.append(row)
     from gpt2repro.bench.common import hardware
 
+    if args.out.is_file():  # a later round adds to the file (a variant run again replaces)
+        ran = {r["variant"] for r in rows}
+        rows += [r for r in json.loads(args.out.read_text())["rows"] if r["variant"] not in ran]
     rows.sort(key=lambda r: r["bpb"])
     result = {"bench": "sweep_modern_cpu", "date": date.today().isoformat(), "steps": args.steps}
     result |= {"rows": rows, "hardware": hardware()}
