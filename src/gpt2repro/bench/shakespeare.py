@@ -1,4 +1,4 @@
-"""`gpt2repro bench shakespeare`: the default run against nanoGPT's character-level CPU
+"""`gpt2repro bench shakespeare`: `shakespeare_cpu` (GPT-2's recipe) against nanoGPT's character-level CPU
 recipe, given the same wall time and scored in bits per byte on the same held-out works."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from gpt2repro.presets import train_preset
 from gpt2repro.training.loop import train
 
 BASELINE_TIME_SLACK = 1.05
-"""The baseline may train at most this much longer than the default run (its last step ends
+"""The baseline may train at most this much longer than `shakespeare_cpu` (its last step ends
 past the limit, not before)."""
 
 
 def bench_shakespeare(out_root: Path, calibration_steps: int = 100) -> dict[str, Any]:
-    """The default run against nanoGPT's character-level CPU recipe given the same wall time.
+    """`shakespeare_cpu` against nanoGPT's character-level CPU recipe given the same wall time.
 
     Both train on the same Shakespeare works and are scored on the same held-out works
     (the whole validation split) in bits per byte, which is fair across tokenizers.
