@@ -67,9 +67,10 @@ def train_config(corpus: SimpleNamespace, out_dir: Path, steps: int = 12) -> Tra
 
 def cli_args(cfg: TrainConfig) -> list[str]:
     """The same config as command-line overrides (exercises the typed override parser too),
-    with evaluations, samples and TensorBoard off."""
+    with evaluations, samples and TensorBoard off, on the classic recipe's preset."""
     m, b, r = cfg.model, cfg.batch, cfg.run
     return [
+        "--preset", "shakespeare_cpu",
         "--model.vocab-size", str(m.vocab_size),
         "--model.block-size", str(m.block_size),
         "--model.n-layer", str(m.n_layer),

@@ -50,8 +50,11 @@ TINY: dict[str, Any] = {
 
 
 def train_args(corpus: SimpleNamespace, out_dir: Path, **overrides: Any) -> list[str]:
-    """`gpt2repro train` arguments for TINY with `overrides` (dotted names, dashes)."""
+    """`gpt2repro train` arguments for TINY with `overrides` (dotted names, dashes), on the
+    classic recipe's preset (the default run's Muon cannot run under FSDP)."""
     args = [
+        "--preset",
+        "shakespeare_cpu",
         "--data.dataset",
         str(corpus.data_dir),
         "--data.data-root",
