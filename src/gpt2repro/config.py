@@ -1,6 +1,6 @@
 """Typed training configuration: nested dataclasses, each field with a default and a docstring.
 
-`gpt2repro train --preset NAME --optim.lr 3e-4 ...` starts from a preset (presets.py)
+`gpt2repro train --preset NAME --optim.lr 3e-4 ...` starts from a preset (presets/)
 and overrides fields by their dotted names; tyro rejects unknown names and bad types.
 `TrainConfig.validate()` collects every inconsistency into one error; every numeric field
 has its allowed range in `ranges.RANGES`, so NaN, infinities and out-of-range values never reach a run.
@@ -201,7 +201,7 @@ def numeric_fields(cfg: TrainConfig) -> Iterator[tuple[str, Any]]:
 
 @dataclass
 class TrainConfig:
-    """Everything a training run needs; presets.py holds named instances."""
+    """Everything a training run needs; the presets package holds named instances."""
 
     model: GPTConfig = field(default_factory=GPTConfig)
     init: InitConfig = field(default_factory=InitConfig)
