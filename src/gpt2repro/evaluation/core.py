@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from gpt2repro.distributed import DistInfo, all_reduce_sum
 from gpt2repro.evaluation.core_bundle import CoreTask
+from gpt2repro.evaluation.hellaswag import context_length
 from gpt2repro.evaluation.report import task_entry
 from gpt2repro.parallelize import autocast
 from gpt2repro.plot import CORE_REFERENCES
@@ -235,7 +236,7 @@ def core_eval(
     it with the same tasks). Works on a compiled or DDP-wrapped model."""
     if batch_size < 1 or not tasks:
         raise ValueError(f"Need tasks and batch_size >= 1 (got {len(tasks)}, {batch_size}).")
-    max_len = _context_length(model)
+    max_len = context_length(model)
     refs = [(t, i) for t, task in enumerate(tasks) for i in range(len(task.examples))]
     mine = refs[dist.rank :: dist.world_size]
     was_training = model.training
@@ -265,16 +266,6 @@ def core_eval(
         TaskScore(t.label, len(t.examples), round(correct[k].item()), t.random_baseline)
         for k, t in enumerate(tasks)
     ]
-
-
-def _context_length(model: torch.nn.Module) -> int:
-    """The block size of the model inside torch.compile / DDP wrappers."""
-    inner: Any = model
-    while not hasattr(inner, "config"):
-        inner = getattr(inner, "_orig_mod", None) or getattr(inner, "module", None)
-        if inner is None:
-            raise ValueError(f"Cannot find the context length of {type(model).__name__}.")
-    return int(inner.config.block_size)
 
 
 def format_core(scores: list[TaskScore]) -> str:

@@ -199,7 +199,7 @@ def hellaswag_eval(
     """
     if batch_size < 1 or not examples:
         raise ValueError(f"Need examples and batch_size >= 1 (got {len(examples)}, {batch_size}).")
-    max_len = _context_length(model)
+    max_len = context_length(model)
     rendered = [render(ex, tokenizer, max_len) for ex in examples]
     length = max(len(r) for ex in rendered for r in ex.rows)  # one shape for every batch
     mine = rendered[dist.rank :: dist.world_size]
@@ -233,7 +233,7 @@ def hellaswag_eval(
     return result
 
 
-def _context_length(model: torch.nn.Module) -> int:
+def context_length(model: torch.nn.Module) -> int:
     """The block size of the model inside torch.compile / DDP wrappers."""
     inner: Any = model
     while not hasattr(inner, "config"):
