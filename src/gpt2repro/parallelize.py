@@ -170,6 +170,16 @@ def is_dtensor(t: object) -> bool:
     return api is not None and isinstance(t, api.DTensor)
 
 
+def context_length(model: torch.nn.Module) -> int:
+    """The block size of the model inside torch.compile / DDP wrappers."""
+    inner: Any = model
+    while not hasattr(inner, "config"):
+        inner = getattr(inner, "_orig_mod", None) or getattr(inner, "module", None)
+        if inner is None:
+            raise ValueError(f"Cannot find the context length of {type(model).__name__}.")
+    return int(inner.config.block_size)
+
+
 @contextlib.contextmanager
 def grad_sync(model: nn.Module, sync: bool) -> Iterator[None]:
     """The one place that decides gradient synchronisation: only on an accumulation's last micro-step.

@@ -37,9 +37,8 @@ from tqdm import tqdm
 
 from gpt2repro.distributed import DistInfo, all_reduce_sum
 from gpt2repro.evaluation.core_bundle import CoreTask
-from gpt2repro.evaluation.hellaswag import context_length
 from gpt2repro.evaluation.report import task_entry
-from gpt2repro.parallelize import autocast
+from gpt2repro.parallelize import autocast, context_length
 from gpt2repro.plot import CORE_REFERENCES
 from gpt2repro.tokenizer import Tokenizer
 

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from gpt2repro.assets import cache_dir
 from gpt2repro.distributed import DistInfo, all_reduce_mean
-from gpt2repro.parallelize import autocast
+from gpt2repro.parallelize import autocast, context_length
 from gpt2repro.tokenizer import Tokenizer
 
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -231,13 +231,3 @@ def hellaswag_eval(
         # Sample standard error of a mean of 0/1 outcomes, as lm-evaluation-harness reports.
         result[f"{name}_stderr"] = math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else float("nan")
     return result
-
-
-def context_length(model: torch.nn.Module) -> int:
-    """The block size of the model inside torch.compile / DDP wrappers."""
-    inner: Any = model
-    while not hasattr(inner, "config"):
-        inner = getattr(inner, "_orig_mod", None) or getattr(inner, "module", None)
-        if inner is None:
-            raise ValueError(f"Cannot find the context length of {type(model).__name__}.")
-    return int(inner.config.block_size)
