@@ -3,8 +3,8 @@
 Sources: a random `transformers.GPT2LMHeadModel` saved with `save_pretrained` (GPT-2's
 tokenizer), and a tiny gpt2repro run (the corpus's 300-token BPE). The fine-tune's first
 evaluation is the source's own loss, equal to transformers'; training lowers it; a SIGKILL
-and resume is bit-exact; bf16 and compiled fine-tunes start from the source; shape flags against the source and data of another tokenizer are
-refused in one message each.
+and resume is bit-exact; bf16 and compiled fine-tunes start from the source; shape flags
+against the source and data of another tokenizer are refused in one message each.
 """
 
 from __future__ import annotations
@@ -275,6 +275,7 @@ def test_a_compiled_finetune_trains_like_an_eager_one(
     """The source's weights go in before torch.compile wraps the model: the compiled run
     starts from the source's loss and takes the eager run's steps (fp32; compiled kernels
     round differently, far below what a missed or misplaced weight would change)."""
+    source_val = min(r["loss"] for r in rows(source_run, "val"))
     losses = {}
     for mode in ("eager", "compiled"):
         out = tmp_path / mode
@@ -286,7 +287,6 @@ def test_a_compiled_finetune_trains_like_an_eager_one(
         assert json.loads((out / "config.json").read_text())["run"]["compile"] is (
             mode == "compiled"
         )
-        source_val = min(r["loss"] for r in rows(source_run, "val"))
         assert abs(rows(out, "val")[0]["loss"] - source_val) < 1e-5
     eager, compiled = losses["eager"], losses["compiled"]
     assert sorted(eager) == sorted(compiled) == [1, 2, 3]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gpt2repro.config import TrainConfig
-from gpt2repro.presets import TRAIN_PRESETS, train_preset
+from gpt2repro.presets import DEFAULT_TRAIN_PRESET, TRAIN_PRESETS, train_preset
 
 
 @pytest.mark.parametrize("name", list(TRAIN_PRESETS))
@@ -136,3 +136,10 @@ def test_eps_grad_clip_and_sample_tokens_are_checked() -> None:
     for needle in ("optim.eps=0.0 must be positive", "optim.grad_clip=-1.0 must be >= 0",
                    "eval.sample_tokens=0 must be >= 1"):  # fmt: skip
         assert needle in msg, needle
+
+
+def test_the_cpu_finetune_continues_the_default_run() -> None:
+    """The README's `gpt2repro train && gpt2repro train --preset finetune_shakespeare_cpu`."""
+    default, finetune = train_preset(DEFAULT_TRAIN_PRESET), train_preset("finetune_shakespeare_cpu")
+    assert finetune.init.source == str(default.run.out_dir)
+    assert finetune.model == default.model and finetune.data == default.data
